@@ -1,0 +1,59 @@
+"""The `tinyroberta-es` command line: a table from subcommand to the module that implements it.
+
+Each command module defines `HELP` (one line), `configure(parser)` (its flags) and `run(args)`.
+Modules are imported only when their command runs, so `--help` stays fast and torch loads only when needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from tinyroberta_es import __version__
+from tinyroberta_es.errors import UserError
+
+COMMANDS = {
+    "demo": "tinyroberta_es.commands.demo",
+    "predict": "tinyroberta_es.commands.predict",
+    "answer": "tinyroberta_es.commands.answer",
+    "evaluate": "tinyroberta_es.commands.evaluate",
+    "split": "tinyroberta_es.commands.split",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per entry of `COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="tinyroberta-es", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.configure(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    module = importlib.import_module(COMMANDS[args.command])
+    try:
+        module.run(args)
+    except UserError as err:
+        print(f"tinyroberta-es {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tinyroberta-es {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

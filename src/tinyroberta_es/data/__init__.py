@@ -1,0 +1,1 @@
+"""SQuAD-format question-answering data: types, loading, validation, named datasets, splits."""
