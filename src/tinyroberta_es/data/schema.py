@@ -37,6 +37,30 @@ class Example:
         return f"article {self.article_index}, paragraph {self.paragraph_index}, question id {self.id!r}"
 
 
+@dataclass(frozen=True)
+class LoadReport:
+    """What loading a file kept, inferred and changed: the counts behind the one-line load summary."""
+
+    articles: int = 0  # articles with at least one kept question
+    paragraphs: int = 0  # paragraphs with at least one kept question
+    questions: int = 0  # questions kept
+    unanswerable: int = 0  # kept questions with `is_impossible` (v2)
+    repaired_answers: int = 0  # answers whose `answer_start` was moved to the nearest occurrence of the text
+    dropped_answers: int = 0  # answers dropped because their text is not at `answer_start` (bad_spans="drop")
+    dropped_questions: int = 0  # answerable questions dropped because none of their answers was left
+    empty_answers: int = 0  # answers with an empty text: kept with bad_spans="keep", else skipped
+    version_inferred: bool = False  # the file had no `version` field; `QADataset.version` was inferred
+
+    def summary(self) -> str:
+        """One line for logs: counts with thousands separators."""
+        return (
+            f"{self.questions:,} questions in {self.paragraphs:,} paragraphs, {self.articles:,} articles; "
+            f"{self.unanswerable:,} unanswerable; {self.repaired_answers:,} answer starts repaired, "
+            f"{self.dropped_answers:,} answers and {self.dropped_questions:,} questions dropped, "
+            f"{self.empty_answers:,} empty answers"
+        )
+
+
 @dataclass
 class QADataset:
     """A loaded SQuAD-format dataset: its examples in file order and what it came from."""
@@ -45,6 +69,7 @@ class QADataset:
     version: str  # the file's `version` field as a string ("1.1", "v2.0", "1.0", ...)
     examples: list[Example] = field(default_factory=list)
     is_v2: bool = False  # SQuAD v2.0 semantics: unanswerable questions exist and are scored as such
+    report: LoadReport | None = None  # set by the loader; None for datasets built in memory
 
     def __len__(self) -> int:
         return len(self.examples)

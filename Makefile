@@ -1,0 +1,35 @@
+# Quickstart targets. Each one creates or updates the local virtual environment first.
+#   make demo   predict and evaluate the embedded Spanish sample with a tiny model (offline, seconds)
+#   make test   lint and run the whole test suite
+PYTHON ?= python3
+# A CPU build of torch; an unpinned torch pulls several GB of CUDA wheels. On a GPU machine:
+#   make TORCH=torch demo
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/tinyroberta-es demo --output runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,209 @@
+"""From start/end logits back to answer spans in the original contexts (the SQuAD v1/v2 recipe, vectorised).
+
+Per window: keep the `n_best` best start and end tokens among context tokens, score every pair at once by
+broadcasting (`start[:, None] + end[None, :]`), drop pairs that end before they start or run longer than
+`max_answer_length` tokens. Per example: gather the pairs of all its windows, map them to character spans,
+strip surrounding whitespace (SentencePiece offsets include the space before a word), drop empty spans and
+duplicates (overlapping windows see the same span), and keep the `top_k` best.
+
+The null ("no answer") score of an example is the smallest ``start[0] + end[0]`` (the CLS/<s> position) over
+its windows, as in Hugging Face's SQuAD v2 recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinyroberta_es.data.schema import Example
+from tinyroberta_es.features import Features, pad_rows
+
+_WINDOWS_PER_CHUNK = 512  # windows scored at once: bounds the (C, T) and (C, n, n) temporaries
+
+
+@dataclass(frozen=True)
+class Span:
+    """A candidate answer: `context[start:end] == text`; `score` is start logit + end logit."""
+
+    text: str
+    start: int
+    end: int
+    score: float
+    probability: float = 0.0  # softmax over the example's kept spans (and the null answer when thresholded)
+
+
+@dataclass
+class Prediction:
+    """The answer to one example: candidate spans best first and the no-answer decision."""
+
+    id: str
+    answers: list[Span] = field(default_factory=list)
+    null_score_diff: float = math.inf  # null score minus best span score (+inf when there is no span)
+    is_null: bool = True
+    null_probability: float = 0.0  # share of the null answer in the softmax (0 without a threshold)
+
+    @property
+    def text(self) -> str:
+        """The predicted answer text; "" for no answer."""
+        return "" if self.is_null or not self.answers else self.answers[0].text
+
+
+def extract_answers(
+    examples: Sequence[Example],
+    features: Features,
+    start_logits: np.ndarray | Sequence[np.ndarray],
+    end_logits: np.ndarray | Sequence[np.ndarray],
+    *,
+    top_k: int = 1,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    null_threshold: float | None = None,
+) -> list[Prediction]:
+    """One `Prediction` per example, in example order, from per-window logits.
+
+    `start_logits`/`end_logits` are (N, T) arrays with T at least the longest window (positions past a
+    window's end are ignored), or N 1-D arrays. With `null_threshold` None (SQuAD v1 models) the best span
+    is always the answer; with a float, the answer is null when ``null_score_diff > null_threshold``.
+    """
+    for name, value in (("top_k", top_k), ("n_best", n_best), ("max_answer_length", max_answer_length)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    n = len(features)
+    if len(start_logits) != n or len(end_logits) != n:
+        raise ValueError(
+            f"got {len(start_logits)} start and {len(end_logits)} end logit rows for {n} windows"
+        )
+    if n and (features.example_index.min() < 0 or features.example_index.max() >= len(examples)):
+        raise ValueError(
+            "features refer to examples that are not in `examples`: pass the examples they came from"
+        )
+
+    keep = max(n_best, top_k)  # pairs kept per window: enough for top_k after dedup across windows
+    null = np.full(len(examples), np.inf)  # (E,) min over windows of start[0] + end[0]
+    parts: list[tuple[np.ndarray, ...]] = []
+    for lo in range(0, n, _WINDOWS_PER_CHUNK):
+        hi = min(lo + _WINDOWS_PER_CHUNK, n)
+        offsets = pad_rows(features.offsets[lo:hi], -1)  # (C, T, 2)
+        width = offsets.shape[1]
+        start = _rows(start_logits, lo, hi, width)  # (C, T)
+        end = _rows(end_logits, lo, hi, width)
+        np.minimum.at(null, features.example_index[lo:hi], start[:, 0] + end[:, 0])
+        window, char_start, char_end, score = _window_candidates(
+            start, end, offsets, n_best=n_best, keep=keep, max_answer_length=max_answer_length
+        )
+        parts.append((features.example_index[lo + window], char_start, char_end, score))
+
+    if parts:
+        cand_example, cand_start, cand_end, cand_score = (np.concatenate(c) for c in zip(*parts, strict=True))
+    else:
+        cand_example = cand_start = cand_end = np.empty(0, np.int64)
+        cand_score = np.empty(0)
+    order = np.lexsort((-cand_score, cand_example))  # by example, best score first
+    cand_example, cand_start, cand_end, cand_score = (
+        cand_example[order],
+        cand_start[order],
+        cand_end[order],
+        cand_score[order],
+    )
+    bounds = np.searchsorted(cand_example, np.arange(len(examples) + 1))  # (E + 1,)
+
+    predictions = []
+    for e, example in enumerate(examples):
+        rows = range(bounds[e], bounds[e + 1])
+        spans = _best_spans(
+            example.context,
+            cand_start[rows.start : rows.stop],
+            cand_end[rows.start : rows.stop],
+            cand_score[rows.start : rows.stop],
+            top_k,
+        )
+        predictions.append(_decide(example.id, spans, float(null[e]), null_threshold))
+    return predictions
+
+
+def _rows(logits: np.ndarray | Sequence[np.ndarray], lo: int, hi: int, width: int) -> np.ndarray:
+    """Rows lo:hi of the logits as one (C, width) float64 array, -inf past each given row."""
+    if isinstance(logits, np.ndarray) and logits.ndim == 2:
+        if logits.shape[1] < width:
+            raise ValueError(f"logits have {logits.shape[1]} positions but a window has {width} tokens")
+        return logits[lo:hi, :width].astype(np.float64)
+    rows = [np.asarray(r, dtype=np.float64).reshape(-1)[:width] for r in logits[lo:hi]]
+    return pad_rows(rows, -np.inf, width=width, dtype=np.float64)
+
+
+def _window_candidates(
+    start: np.ndarray, end: np.ndarray, offsets: np.ndarray, *, n_best: int, keep: int, max_answer_length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The `keep` best valid (start, end) pairs of each window, as (window, char_start, char_end, score)."""
+    chunk, width = start.shape
+    context = offsets[..., 0] >= 0  # (C, T)
+    start = np.where(context, start, -np.inf)
+    end = np.where(context, end, -np.inf)
+    k = min(n_best, width)
+    start_idx = np.argpartition(-start, k - 1, axis=1)[:, :k]  # (C, k) the k best starts, unordered
+    end_idx = np.argpartition(-end, k - 1, axis=1)[:, :k]
+    scores = (
+        np.take_along_axis(start, start_idx, 1)[:, :, None] + np.take_along_axis(end, end_idx, 1)[:, None, :]
+    )  # (C, k, k)
+    length = end_idx[:, None, :] - start_idx[:, :, None] + 1  # (C, k, k) tokens in the span
+    scores[(length < 1) | (length > max_answer_length)] = -np.inf
+    flat = scores.reshape(chunk, k * k)  # (C, k*k)
+    m = min(keep, k * k)
+    best = np.argpartition(-flat, m - 1, axis=1)[:, :m]  # (C, m) the m best pairs of each window
+    best_scores = np.take_along_axis(flat, best, 1)
+    window, slot = np.nonzero(np.isfinite(best_scores))  # context tokens only, valid pairs only
+    pair = best[window, slot]
+    s_tok = start_idx[window, pair // k]
+    e_tok = end_idx[window, pair % k]
+    return window, offsets[window, s_tok, 0], offsets[window, e_tok, 1], best_scores[window, slot]
+
+
+def _best_spans(
+    context: str, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, top_k: int
+) -> list[Span]:
+    """Walk candidates best first: strip whitespace, skip empty and repeated spans, stop at `top_k`."""
+    spans: list[Span] = []
+    seen: set[tuple[int, int]] = set()
+    for s, e, score in zip(starts.tolist(), ends.tolist(), scores.tolist(), strict=True):
+        raw = context[s:e]
+        text = raw.strip()
+        if not text:
+            continue
+        s += len(raw) - len(raw.lstrip())
+        e = s + len(text)
+        if (s, e) in seen:
+            continue
+        seen.add((s, e))
+        spans.append(Span(text=text, start=s, end=e, score=score))
+        if len(spans) == top_k:
+            break
+    return spans
+
+
+def _decide(
+    example_id: str, spans: list[Span], null_score: float, null_threshold: float | None
+) -> Prediction:
+    """Attach probabilities and make the no-answer decision for one example."""
+    if not spans:
+        return Prediction(
+            id=example_id,
+            answers=[],
+            null_score_diff=math.inf,
+            is_null=True,
+            null_probability=1.0 if null_threshold is not None else 0.0,
+        )
+    scores = np.array([s.score for s in spans] + ([null_score] if null_threshold is not None else []))
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    spans = [Span(s.text, s.start, s.end, s.score, float(p)) for s, p in zip(spans, probs, strict=False)]
+    diff = null_score - spans[0].score
+    return Prediction(
+        id=example_id,
+        answers=spans,
+        null_score_diff=float(diff),
+        is_null=null_threshold is not None and diff > null_threshold,
+        null_probability=float(probs[-1]) if null_threshold is not None else 0.0,
+    )

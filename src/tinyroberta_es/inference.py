@@ -1,0 +1,156 @@
+"""Answer questions with a Hugging Face question-answering model folder.
+
+`QuestionAnswerer` is the one inference path: the `predict` and `answer` commands (and later the
+benchmark and the server) all go through it. Windows are run in length-sorted batches with dynamic
+padding, because real questions with their contexts are much shorter than the maximum length.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tinyroberta_es.data.schema import Example
+from tinyroberta_es.errors import UserError
+from tinyroberta_es.extraction import Prediction, extract_answers
+from tinyroberta_es.features import Features, prepare_features
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass
+class InferenceConfig:
+    """How examples become windows and logits become answers."""
+
+    max_length: int = 384  # tokens per window, question included
+    doc_stride: int = 128  # tokens shared by consecutive windows of a long context
+    max_query_length: int = 64  # longer questions are cut to this many tokens
+    max_answer_length: int = 30  # longest answer, in tokens
+    n_best: int = 20  # start and end candidates per window
+    batch_size: int = 32
+    null_threshold: float | None = None  # None: never answer "no answer" (SQuAD v1 models)
+
+
+def load_qa_model(source: str | Path) -> tuple[torch.nn.Module, object]:
+    """Load a question-answering model and its fast tokenizer from a local folder or a Hub id."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+
+    source = str(source)
+    path = Path(source)
+    if not path.exists() and not _HUB_ID.match(source):
+        raise UserError(f"model folder {source} does not exist; pass a local question-answering model folder")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"model {source} is a file; pass the folder that holds config.json and the weights")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"{source} is not a Hugging Face model folder (no config.json); pass a QA model folder")
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the model config of {source}: {_first_line(err)}") from None
+    architectures = config.architectures or []
+    if not any(a.endswith("ForQuestionAnswering") for a in architectures):
+        raise UserError(
+            f"{source} is not a question-answering model (architectures: {architectures or 'none'}); "
+            "fine-tune it for extractive QA first, or pass a *ForQuestionAnswering folder"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"cannot load the tokenizer of {source}: {_first_line(err)}; "
+                        "save the tokenizer files in the model folder") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"the tokenizer of {source} is not a fast tokenizer (no character offsets); "
+                        "save a tokenizer.json in the model folder")
+    try:
+        model = AutoModelForQuestionAnswering.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the model weights of {source}: {_first_line(err)}") from None
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class QuestionAnswerer:
+    """A QA model, its tokenizer and the settings that turn examples into answers."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: object, config: InferenceConfig | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device)
+        self.tokenizer = tokenizer
+        self.config = config or InferenceConfig()
+        self.device = torch.device(device)
+        self._uses_token_types = "token_type_ids" in _forward_arguments(model)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, config: InferenceConfig | None = None,
+                        device: str | None = None) -> QuestionAnswerer:
+        """Load from a local model folder (or a Hub id when a network exists)."""
+        model, tokenizer = load_qa_model(source)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model, tokenizer, config, device)
+
+    def features(self, examples: Sequence[Example]) -> Features:
+        """Tokenize examples into windows."""
+        c = self.config
+        return prepare_features(examples, self.tokenizer, max_length=c.max_length, doc_stride=c.doc_stride,
+                                max_query_length=c.max_query_length)
+
+    @torch.inference_mode()
+    def logits(self, features: Features, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end logits of every window, `(N, L)` float32, padded with -inf past each window's end."""
+        n = len(features)
+        lengths = np.asarray(features.lengths)
+        width = int(lengths.max()) if n else 0
+        start = np.full((n, width), -np.inf, dtype=np.float32)  # (N, L)
+        end = np.full((n, width), -np.inf, dtype=np.float32)
+        order = np.argsort(-lengths, kind="stable")  # longest first: the first batch shows peak memory
+        batches = [order[i:i + self.config.batch_size] for i in range(0, n, self.config.batch_size)]
+        for idx in tqdm(batches, desc="windows", unit="batch", disable=not progress):
+            inputs = features.batch(idx)
+            if not self._uses_token_types:
+                inputs.pop("token_type_ids", None)
+            tensors = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in inputs.items()}
+            out = self.model(**tensors)
+            s = out.start_logits.float().cpu().numpy()  # (B, T)
+            e = out.end_logits.float().cpu().numpy()
+            for row, i in enumerate(idx):
+                length = lengths[i]
+                start[i, :length] = s[row, :length]
+                end[i, :length] = e[row, :length]
+        return start, end
+
+    def predict(self, examples: Sequence[Example], top_k: int = 1, progress: bool = False) -> list[Prediction]:
+        """Answer every example: one `Prediction` per example, in order."""
+        if not examples:
+            return []
+        features = self.features(examples)
+        start, end = self.logits(features, progress=progress)
+        c = self.config
+        return extract_answers(examples, features, start, end, top_k=top_k, n_best=c.n_best,
+                               max_answer_length=c.max_answer_length, null_threshold=c.null_threshold)
+
+    def answer(self, question: str, context: str, top_k: int = 1) -> Prediction:
+        """Answer one question about one context."""
+        if not question.strip():
+            raise UserError("the question is empty; ask a question")
+        if not context.strip():
+            raise UserError("the context is empty; give the text that holds the answer")
+        return self.predict([Example(id="q", question=question, context=context)], top_k=top_k)[0]
+
+
+def _forward_arguments(model: torch.nn.Module) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)

@@ -1,0 +1,156 @@
+"""The `predict`, `answer` and `demo` commands end to end, with tiny random models built in tmp folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyroberta_es.cli import main
+from tinyroberta_es.data.loading import load_dataset
+from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
+from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
+
+CONTEXT = (
+    "Gabriel García Márquez nació en Aracataca, Colombia, en 1927. En 1982 recibió el Premio Nobel "
+    "de Literatura. «Cien años de soledad» se publicó en Buenos Aires en 1967."
+)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_dataset("sample")
+
+
+@pytest.fixture(scope="module", params=["bpe", "wordpiece", "unigram"])
+def model_dir(request, tmp_path_factory, sample) -> Path:
+    root = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    texts = [ex.context for ex in sample.examples] + [ex.question for ex in sample.examples]
+    tokenizer_dir = train_tokenizer(request.param, texts, root / "tokenizer", vocab_size=1000)
+    return create_tiny_qa_model(root / "model", tokenizer_dir, seed=1)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_line_error(status: int, err: str, *needles: str) -> None:
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_predict_writes_an_answer_from_the_context_for_every_question(model_dir, sample, tmp_path, capsys):
+    preds_path, na_path = tmp_path / "preds.json", tmp_path / "na.json"
+    status, out, _ = run_cli(capsys, "predict", "--model", str(model_dir), "--dataset", "sample",
+                             "--output", str(preds_path), "--na-probs-output", str(na_path),
+                             "--max-length", "128", "--doc-stride", "32", "--null-threshold", "0")
+    assert status == 0
+    assert "questions/s" in out
+    preds = json.loads(preds_path.read_text(encoding="utf-8"))
+    na_probs = json.loads(na_path.read_text(encoding="utf-8"))
+    by_id = sample.by_id()
+    assert list(preds) == [ex.id for ex in sample.examples]
+    assert set(na_probs) == set(preds)
+    for qid, text in preds.items():
+        assert text == text.strip()
+        assert text in by_id[qid].context
+        assert np.isfinite(na_probs[qid])
+        assert (text == "") == (na_probs[qid] > 0)  # null threshold 0: null exactly when null wins
+
+
+def test_predict_limit(model_dir, tmp_path, capsys):
+    preds_path = tmp_path / "preds.json"
+    status, _, _ = run_cli(capsys, "predict", "--model", str(model_dir), "--dataset", "sample",
+                           "--output", str(preds_path), "--limit", "5")
+    assert status == 0
+    assert len(json.loads(preds_path.read_text(encoding="utf-8"))) == 5
+
+
+def test_dynamic_padding_does_not_change_logits(model_dir, sample):
+    """Windows batched with padding give the logits they give alone (the attention mask works)."""
+    examples = sample.examples[:12]
+    alone = QuestionAnswerer.from_pretrained(model_dir, InferenceConfig(max_length=96, doc_stride=32, batch_size=1))
+    batched = QuestionAnswerer.from_pretrained(model_dir, InferenceConfig(max_length=96, doc_stride=32, batch_size=8))
+    features = alone.features(examples)
+    assert len(set(features.lengths)) > 1  # padding really happens
+    s1, e1 = alone.logits(features)
+    s8, e8 = batched.logits(features)
+    np.testing.assert_allclose(s1, s8, atol=1e-4)
+    np.testing.assert_allclose(e1, e8, atol=1e-4)
+
+
+def test_answer_prints_spans_of_the_context(model_dir, capsys):
+    status, out, _ = run_cli(capsys, "answer", "--model", str(model_dir), "--question",
+                             "¿Dónde nació García Márquez?", "--context", CONTEXT, "--top-k", "3", "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert 1 <= len(result["answers"]) <= 3
+    scores = [a["score"] for a in result["answers"]]
+    assert scores == sorted(scores, reverse=True)
+    for a in result["answers"]:
+        assert CONTEXT[a["start"] : a["end"]] == a["text"]
+    assert result["answer"] == result["answers"][0]["text"]
+
+
+def test_answer_reads_a_context_file(model_dir, tmp_path, capsys):
+    path = tmp_path / "texto.txt"
+    path.write_text(CONTEXT, encoding="utf-8")
+    status, out, _ = run_cli(capsys, "answer", "--model", str(model_dir), "--question", "¿Cuándo?",
+                             "--context-file", str(path))
+    assert status == 0
+    assert out.startswith("1. ")
+
+
+def test_demo_writes_predictions_and_metrics(tmp_path, capsys):
+    status, out, _ = run_cli(capsys, "demo", "--output", str(tmp_path / "demo"))
+    assert status == 0
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text(encoding="utf-8"))
+    for norm in ("mlqa-es", "squad"):
+        assert {"exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1", "best_f1_thresh"} <= set(metrics[norm])
+        assert 0 <= metrics[norm]["f1"] <= 100
+    assert "mlqa-es" in out
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "no-config", "not-qa"])
+def test_bad_model_folder_is_a_one_line_error(kind, tmp_path, capsys):
+    folder = tmp_path / "model"
+    if kind == "file":
+        folder.write_text("x")
+    elif kind == "no-config":
+        folder.mkdir()
+    elif kind == "not-qa":
+        from transformers import BertConfig, BertModel
+
+        BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=16)).save_pretrained(folder)
+    status, _, err = run_cli(capsys, "answer", "--model", str(folder), "--question", "¿Qué?", "--context", "Algo.")
+    assert_one_line_error(status, err, str(folder))
+
+
+def test_empty_question_and_context_are_errors(model_dir, capsys):
+    status, _, err = run_cli(capsys, "answer", "--model", str(model_dir), "--question", "  ", "--context", "Algo.")
+    assert_one_line_error(status, err, "question")
+    status, _, err = run_cli(capsys, "answer", "--model", str(model_dir), "--question", "¿Qué?", "--context", "")
+    assert_one_line_error(status, err, "context")
+
+
+def test_predict_on_a_missing_dataset_is_an_error(model_dir, tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    status, _, err = run_cli(capsys, "predict", "--model", str(model_dir), "--dataset", str(missing),
+                             "--output", str(tmp_path / "p.json"))
+    assert_one_line_error(status, err, "nope.json")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_bad_numeric_flags_are_errors(model_dir, tmp_path, capsys):
+    status, _, err = run_cli(capsys, "predict", "--model", str(model_dir), "--dataset", "sample",
+                             "--output", str(tmp_path / "p.json"), "--batch-size", "0")
+    assert_one_line_error(status, err, "--batch-size")
