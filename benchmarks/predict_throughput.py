@@ -5,7 +5,7 @@ teacher's 50,262-piece byte-level BPE from ../shared/tokenizers/roberta-large-bn
 accuracy is meaningless here, the cost of every stage (tokenisation, model, extraction) is not.
 Runs the same `QuestionAnswerer` that `tinyroberta-es predict` runs, timing each stage.
 
-    python benchmarks/predict_throughput.py [--batch-size 32] [--output benchmarks/results/predict-throughput.json]
+    python benchmarks/predict_throughput.py [--batch-size 32] [--output FILE.json]
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZER = SHARED / "tokenizers" / "roberta-large-bne"
-PAPER_STUDENT = {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 16, "intermediate_size": 3072}
+PAPER_STUDENT = {
+    "num_hidden_layers": 6,
+    "hidden_size": 512,
+    "num_attention_heads": 16,
+    "intermediate_size": 3072,
+}
 
 
 def cpu_name() -> str:
@@ -47,7 +52,13 @@ def build_student(folder: Path) -> int:
     torch.manual_seed(0)
     model = AutoModelForQuestionAnswering.from_config(config)
     model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+    ):
         shutil.copy(TOKENIZER / name, folder / name)
     return sum(p.numel() for p in model.parameters())
 
@@ -70,8 +81,14 @@ def main() -> None:
         t1 = time.perf_counter()
         start, end = answerer.logits(features)
         t2 = time.perf_counter()
-        predictions = extract_answers(dataset.examples, features, start, end, n_best=config.n_best,
-                                      max_answer_length=config.max_answer_length)
+        predictions = extract_answers(
+            dataset.examples,
+            features,
+            start,
+            end,
+            n_best=config.n_best,
+            max_answer_length=config.max_answer_length,
+        )
         t3 = time.perf_counter()
     total = t3 - t0
     report = {
@@ -87,15 +104,24 @@ def main() -> None:
         "max_length": args.max_length,
         "seconds": {"tokenize": t1 - t0, "model": t2 - t1, "extract": t3 - t2, "total": total},
         "questions_per_second": len(predictions) / total,
-        "machine": {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "tinyroberta_es": __version__},
+        "machine": {
+            "cpu": cpu_name(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "tinyroberta_es": __version__,
+        },
     }
     atomic.write_json(args.output, report)
     s = report["seconds"]
-    print(f"{len(predictions)} questions, {len(features)} windows (mean {report['mean_window_tokens']:.0f} tokens), "
-          f"{params / 1e6:.1f}M params, {torch.get_num_threads()} threads")
-    print(f"tokenize {s['tokenize']:.2f} s, model {s['model']:.2f} s, extract {s['extract']:.2f} s: "
-          f"{report['questions_per_second']:.1f} questions/s; wrote {args.output}")
+    print(
+        f"{len(predictions)} questions, {len(features)} windows "
+        f"(mean {report['mean_window_tokens']:.0f} tokens), "
+        f"{params / 1e6:.1f}M params, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"tokenize {s['tokenize']:.2f} s, model {s['model']:.2f} s, extract {s['extract']:.2f} s: "
+        f"{report['questions_per_second']:.1f} questions/s; wrote {args.output}"
+    )
 
 
 if __name__ == "__main__":

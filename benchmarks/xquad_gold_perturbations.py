@@ -4,7 +4,7 @@ Shows why Spanish QA needs the `mlqa-es` normalisation: the official SQuAD scrip
 articles and `¿ ¡`, and deletes the Spanish preposition "a". Runs the real `tinyroberta-es evaluate`
 command on prediction files written to a temporary folder.
 
-    python benchmarks/xquad_gold_perturbations.py [--output benchmarks/results/xquad-es-gold-perturbations.json]
+    python benchmarks/xquad_gold_perturbations.py [--output FILE.json]
 """
 
 from __future__ import annotations
@@ -47,8 +47,19 @@ def main() -> None:
             row = {"predictions": name}
             for norm in ("mlqa-es", "squad"):
                 out = Path(tmp) / f"{norm}.json"
-                status = cli(["evaluate", "--dataset", args.dataset, "--predictions", str(preds_path),
-                              "--normalization", norm, "--output", str(out)])
+                status = cli(
+                    [
+                        "evaluate",
+                        "--dataset",
+                        args.dataset,
+                        "--predictions",
+                        str(preds_path),
+                        "--normalization",
+                        norm,
+                        "--output",
+                        str(out),
+                    ]
+                )
                 if status != 0:
                     raise SystemExit(status)
                 scores = json.loads(out.read_text(encoding="utf-8"))
@@ -64,8 +75,10 @@ def main() -> None:
     print(f"{'predictions':32s} {'mlqa-es EM':>10s} {'mlqa-es F1':>10s} {'squad EM':>9s} {'squad F1':>9s}")
     for row in results:
         m, s = row["mlqa-es"], row["squad"]
-        print(f"{row['predictions']:32s} {m['exact_match']:10.2f} {m['f1']:10.2f} "
-              f"{s['exact_match']:9.2f} {s['f1']:9.2f}")
+        print(
+            f"{row['predictions']:32s} {m['exact_match']:10.2f} {m['f1']:10.2f} "
+            f"{s['exact_match']:9.2f} {s['f1']:9.2f}"
+        )
     print(f"wrote {args.output}")
 
 

@@ -78,8 +78,13 @@ def me5_dir(shared_dir: Path) -> Path:
     if not script.is_file():
         pytest.skip(f"multilingual-e5-small missing at {path} and no fetch script at {script}")
     try:
-        subprocess.run(["bash", str(script), str(path), sys.executable], check=True, capture_output=True,
-                       text=True, timeout=600)
+        subprocess.run(
+            ["bash", str(script), str(path), sys.executable],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     except (subprocess.SubprocessError, OSError) as err:
         detail = getattr(err, "stderr", "") or str(err)
         pytest.skip(f"could not build multilingual-e5-small at {path}: {detail.strip()[-300:]}")
@@ -103,8 +108,9 @@ def any_tokenizer(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session", params=TOKENIZER_KINDS)
-def tiny_qa_model_dir(request: pytest.FixtureRequest, tokenizer_dirs: dict[str, Path],
-                      tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_qa_model_dir(
+    request: pytest.FixtureRequest, tokenizer_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A tiny random QA model folder (model + tokenizer) for each tokenizer kind."""
     out = tmp_path_factory.mktemp(f"tiny-qa-{request.param}")
     return create_tiny_qa_model(out, tokenizer_dirs[request.param], max_length=128)
@@ -113,9 +119,39 @@ def tiny_qa_model_dir(request: pytest.FixtureRequest, tokenizer_dirs: dict[str, 
 # --- Spanish-like QA examples for property-based tests -------------------------------------------------
 
 _WORDS = (
-    "año", "niño", "¿Qué", "¡Hola!", "«cita»", "café", "1967", "3,14", "Márquez", "😀", "🎉", "東京", "pingüino",
-    "ÑANDÚ", "Begoña", "(Perú)", "García-Pérez", "12:30", "50€", "¿por", "qué?", "«El", "Quijote»", "y", "o",
-    "el", "de", "la", "Cañón", "¡Olé!", "über", "São", "x²",
+    "año",
+    "niño",
+    "¿Qué",
+    "¡Hola!",
+    "«cita»",
+    "café",
+    "1967",
+    "3,14",
+    "Márquez",
+    "😀",
+    "🎉",
+    "東京",
+    "pingüino",
+    "ÑANDÚ",
+    "Begoña",
+    "(Perú)",
+    "García-Pérez",
+    "12:30",
+    "50€",
+    "¿por",
+    "qué?",
+    "«El",
+    "Quijote»",
+    "y",
+    "o",
+    "el",
+    "de",
+    "la",
+    "Cañón",
+    "¡Olé!",
+    "über",
+    "São",
+    "x²",
 )
 _LETTERS = "abcdefghijklmnñopqrstuvwxyzáéíóúüABCDEFGHIJKLMNÑOPQRSTUVWXYZÁÉÍÓÚÜ0123456789"
 # Mostly single spaces; sometimes the irregular whitespace that real scraped text has.
@@ -152,11 +188,14 @@ def spanish_qa_examples(draw: st.DrawFn, long: bool = True, answer_words: int = 
     context += draw(st.sampled_from(("", "", " ", "\n")))
     first = draw(st.integers(0, n - 1))
     last = draw(st.integers(first, min(n - 1, first + answer_words - 1)))
-    question = draw(st.sampled_from(("", "", "  ", "\n ", "\t"))) + " ".join(
-        draw(st.lists(_words, min_size=1, max_size=8))) + "?"
+    question = (
+        draw(st.sampled_from(("", "", "  ", "\n ", "\t")))
+        + " ".join(draw(st.lists(_words, min_size=1, max_size=8)))
+        + "?"
+    )
     if draw(st.integers(0, 7)) == 7:
         return Example(id="q", question=question, context=context, is_impossible=True)
-    answer = Answer(text=context[starts[first]:ends[last]], start=starts[first])
+    answer = Answer(text=context[starts[first] : ends[last]], start=starts[first])
     return Example(id="q", question=question, context=context, answers=(answer,))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from tinyroberta_es.data.schema import Answer, Example
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.features import Features, label_window, prepare_features
 
-PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WINDOWS = st.sampled_from([(64, 8), (64, 24), (96, 32), (160, 48)])  # (max_length, doc_stride)
 
 LONG_CONTEXT = " ".join(
@@ -36,11 +37,14 @@ def answer_of(example: Example) -> tuple[int, int, str]:
 
 @PROPERTY
 @given(data=st.data())
-def test_labels_map_back_to_the_answer_and_every_window_holding_it_is_labelled(any_tokenizer, qa_examples, data):
+def test_labels_map_back_to_the_answer_and_every_window_holding_it_is_labelled(
+    any_tokenizer, qa_examples, data
+):
     example = data.draw(qa_examples)
     max_length, stride = data.draw(WINDOWS)
-    features = prepare_features([example], any_tokenizer, max_length=max_length, doc_stride=stride,
-                                max_query_length=16)
+    features = prepare_features(
+        [example], any_tokenizer, max_length=max_length, doc_stride=stride, max_query_length=16
+    )
     assert len(features) >= 1
     assert (features.example_index == 0).all()
     for i in range(len(features)):
@@ -51,13 +55,15 @@ def test_labels_map_back_to_the_answer_and_every_window_holding_it_is_labelled(a
             assert start == end == 0
             continue
         a, b, text = answer_of(example)
-        holds_answer = all(c in covered_chars(offsets) for c in range(a, b) if not example.context[c].isspace())
+        holds_answer = all(
+            c in covered_chars(offsets) for c in range(a, b) if not example.context[c].isspace()
+        )
         assert (start != 0) == holds_answer, (i, offsets.tolist(), (a, b))
         assert (start == 0) == (end == 0)
         if start:
             assert 0 < start <= end < len(ids)
             assert offsets[start, 0] >= 0 and offsets[end, 0] >= 0  # context tokens, not question or special
-            assert example.context[offsets[start, 0]:offsets[end, 1]].strip() == text
+            assert example.context[offsets[start, 0] : offsets[end, 1]].strip() == text
 
 
 @PROPERTY
@@ -70,9 +76,10 @@ def test_batch_pads_with_the_pad_id_and_masks_exactly_the_real_tokens(any_tokeni
     batch = features.batch(indices, pad_to_multiple_of=multiple)
     lengths = features.lengths[indices]
     width = batch["input_ids"].shape[1]
-    assert width >= lengths.max() and (multiple is None and width == lengths.max() or width % 8 == 0)
+    assert width >= lengths.max() and ((multiple is None and width == lengths.max()) or width % 8 == 0)
     assert set(batch) == {"input_ids", "attention_mask"} | (
-        {"token_type_ids"} if "token_type_ids" in any_tokenizer.model_input_names else set())
+        {"token_type_ids"} if "token_type_ids" in any_tokenizer.model_input_names else set()
+    )
     for row, i in enumerate(indices):
         n = lengths[row]
         assert batch["input_ids"].dtype == np.int64
@@ -94,9 +101,9 @@ def test_windows_of_a_long_context_overlap_by_the_stride_and_cover_it_all(any_to
     covered = set().union(*(covered_chars(c) for c in context_tokens))
     assert covered >= {i for i, ch in enumerate(LONG_CONTEXT) if not ch.isspace()}
     context_ids = [ids[m] for ids, m in zip(features.input_ids, in_context, strict=True)]
-    for left, right in zip(context_ids, context_ids[1:], strict=False):
+    for left, right in itertools.pairwise(context_ids):
         np.testing.assert_array_equal(left[-stride:], right[:stride])
-    for left, right in zip(context_tokens, context_tokens[1:], strict=False):
+    for left, right in itertools.pairwise(context_tokens):
         # Byte-level BPE quirk: the first token of an overflowing window keeps its leading space.
         shared = [LONG_CONTEXT[a:b].strip() for a, b in left[-stride:].tolist()]
         assert shared == [LONG_CONTEXT[a:b].strip() for a, b in right[:stride].tolist()]
@@ -106,8 +113,13 @@ def test_windows_of_a_long_context_overlap_by_the_stride_and_cover_it_all(any_to
 def test_long_questions_are_cut_and_leading_whitespace_is_dropped(any_tokenizer):
     context = "Gabriel García Márquez nació en Aracataca en 1927."
     long_question = "¿" + " ".join(["por qué razón exactamente"] * 40) + "?"
-    features = prepare_features([Example(id="q", question=long_question, context=context)], any_tokenizer,
-                                max_length=64, doc_stride=8, max_query_length=12)
+    features = prepare_features(
+        [Example(id="q", question=long_question, context=context)],
+        any_tokenizer,
+        max_length=64,
+        doc_stride=8,
+        max_query_length=12,
+    )
     question_tokens = features.offsets[0][:, 0] < 0
     specials = any_tokenizer.num_special_tokens_to_add(pair=True)
     assert 1 <= question_tokens.sum() - specials <= 12
@@ -121,12 +133,16 @@ def test_long_questions_are_cut_and_leading_whitespace_is_dropped(any_tokenizer)
 def test_answer_with_surrounding_whitespace_in_the_gold_span_is_labelled_on_its_words(any_tokenizer):
     context = "El autor fue   Gabriel García\u00a0Márquez , en 1967."
     start = context.index("   Gabriel")
-    example = Example(id="q", question="¿Quién?", context=context,
-                      answers=(Answer(text="   Gabriel García\u00a0Márquez ", start=start),))
+    example = Example(
+        id="q",
+        question="¿Quién?",
+        context=context,
+        answers=(Answer(text="   Gabriel García\u00a0Márquez ", start=start),),
+    )
     features = prepare_features([example], any_tokenizer)
     s, e = features.start_positions[0], features.end_positions[0]
     o = features.offsets[0]
-    assert context[o[s, 0]:o[e, 1]].strip() == "Gabriel García\u00a0Márquez"
+    assert context[o[s, 0] : o[e, 1]].strip() == "Gabriel García\u00a0Márquez"
 
 
 def test_examples_are_indexed_in_order_and_unanswerable_ones_get_zero_labels(unigram_tokenizer):
@@ -164,7 +180,7 @@ class _SlowTokenizer:
 
 def test_bad_tokenizers_and_window_sizes_raise_one_line_user_errors(unigram_tokenizer):
     example = Example(id="q", question="¿Quién escribió el libro?", context="Lo escribió Cervantes.")
-    with pytest.raises(UserError, match="slow-one.*use_fast=True"):
+    with pytest.raises(UserError, match=r"slow-one.*use_fast=True"):
         prepare_features([example], _SlowTokenizer())
     left = copy.deepcopy(unigram_tokenizer)
     left.padding_side = "left"

@@ -49,9 +49,24 @@ def assert_one_line_error(status: int, err: str, *needles: str) -> None:
 
 def test_predict_writes_an_answer_from_the_context_for_every_question(model_dir, sample, tmp_path, capsys):
     preds_path, na_path = tmp_path / "preds.json", tmp_path / "na.json"
-    status, out, _ = run_cli(capsys, "predict", "--model", str(model_dir), "--dataset", "sample",
-                             "--output", str(preds_path), "--na-probs-output", str(na_path),
-                             "--max-length", "128", "--doc-stride", "32", "--null-threshold", "0")
+    status, out, _ = run_cli(
+        capsys,
+        "predict",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "sample",
+        "--output",
+        str(preds_path),
+        "--na-probs-output",
+        str(na_path),
+        "--max-length",
+        "128",
+        "--doc-stride",
+        "32",
+        "--null-threshold",
+        "0",
+    )
     assert status == 0
     assert "questions/s" in out
     preds = json.loads(preds_path.read_text(encoding="utf-8"))
@@ -68,8 +83,18 @@ def test_predict_writes_an_answer_from_the_context_for_every_question(model_dir,
 
 def test_predict_limit(model_dir, tmp_path, capsys):
     preds_path = tmp_path / "preds.json"
-    status, _, _ = run_cli(capsys, "predict", "--model", str(model_dir), "--dataset", "sample",
-                           "--output", str(preds_path), "--limit", "5")
+    status, _, _ = run_cli(
+        capsys,
+        "predict",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "sample",
+        "--output",
+        str(preds_path),
+        "--limit",
+        "5",
+    )
     assert status == 0
     assert len(json.loads(preds_path.read_text(encoding="utf-8"))) == 5
 
@@ -77,8 +102,12 @@ def test_predict_limit(model_dir, tmp_path, capsys):
 def test_dynamic_padding_does_not_change_logits(model_dir, sample):
     """Windows batched with padding give the logits they give alone (the attention mask works)."""
     examples = sample.examples[:12]
-    alone = QuestionAnswerer.from_pretrained(model_dir, InferenceConfig(max_length=96, doc_stride=32, batch_size=1))
-    batched = QuestionAnswerer.from_pretrained(model_dir, InferenceConfig(max_length=96, doc_stride=32, batch_size=8))
+    alone = QuestionAnswerer.from_pretrained(
+        model_dir, InferenceConfig(max_length=96, doc_stride=32, batch_size=1)
+    )
+    batched = QuestionAnswerer.from_pretrained(
+        model_dir, InferenceConfig(max_length=96, doc_stride=32, batch_size=8)
+    )
     features = alone.features(examples)
     assert len(set(features.lengths)) > 1  # padding really happens
     s1, e1 = alone.logits(features)
@@ -88,8 +117,19 @@ def test_dynamic_padding_does_not_change_logits(model_dir, sample):
 
 
 def test_answer_prints_spans_of_the_context(model_dir, capsys):
-    status, out, _ = run_cli(capsys, "answer", "--model", str(model_dir), "--question",
-                             "¿Dónde nació García Márquez?", "--context", CONTEXT, "--top-k", "3", "--json")
+    status, out, _ = run_cli(
+        capsys,
+        "answer",
+        "--model",
+        str(model_dir),
+        "--question",
+        "¿Dónde nació García Márquez?",
+        "--context",
+        CONTEXT,
+        "--top-k",
+        "3",
+        "--json",
+    )
     assert status == 0
     result = json.loads(out)
     assert 1 <= len(result["answers"]) <= 3
@@ -103,8 +143,9 @@ def test_answer_prints_spans_of_the_context(model_dir, capsys):
 def test_answer_reads_a_context_file(model_dir, tmp_path, capsys):
     path = tmp_path / "texto.txt"
     path.write_text(CONTEXT, encoding="utf-8")
-    status, out, _ = run_cli(capsys, "answer", "--model", str(model_dir), "--question", "¿Cuándo?",
-                             "--context-file", str(path))
+    status, out, _ = run_cli(
+        capsys, "answer", "--model", str(model_dir), "--question", "¿Cuándo?", "--context-file", str(path)
+    )
     assert status == 0
     assert out.startswith("1. ")
 
@@ -129,28 +170,56 @@ def test_bad_model_folder_is_a_one_line_error(kind, tmp_path, capsys):
     elif kind == "not-qa":
         from transformers import BertConfig, BertModel
 
-        BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=16)).save_pretrained(folder)
-    status, _, err = run_cli(capsys, "answer", "--model", str(folder), "--question", "¿Qué?", "--context", "Algo.")
+        BertModel(
+            BertConfig(
+                vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+            )
+        ).save_pretrained(folder)
+        capsys.readouterr()  # drop the progress bar that saving printed
+    status, _, err = run_cli(
+        capsys, "answer", "--model", str(folder), "--question", "¿Qué?", "--context", "Algo."
+    )
     assert_one_line_error(status, err, str(folder))
 
 
 def test_empty_question_and_context_are_errors(model_dir, capsys):
-    status, _, err = run_cli(capsys, "answer", "--model", str(model_dir), "--question", "  ", "--context", "Algo.")
+    status, _, err = run_cli(
+        capsys, "answer", "--model", str(model_dir), "--question", "  ", "--context", "Algo."
+    )
     assert_one_line_error(status, err, "question")
-    status, _, err = run_cli(capsys, "answer", "--model", str(model_dir), "--question", "¿Qué?", "--context", "")
+    status, _, err = run_cli(
+        capsys, "answer", "--model", str(model_dir), "--question", "¿Qué?", "--context", ""
+    )
     assert_one_line_error(status, err, "context")
 
 
 def test_predict_on_a_missing_dataset_is_an_error(model_dir, tmp_path, capsys):
     missing = tmp_path / "nope.json"
-    status, _, err = run_cli(capsys, "predict", "--model", str(model_dir), "--dataset", str(missing),
-                             "--output", str(tmp_path / "p.json"))
+    status, _, err = run_cli(
+        capsys,
+        "predict",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(missing),
+        "--output",
+        str(tmp_path / "p.json"),
+    )
     assert_one_line_error(status, err, "nope.json")
     assert not (tmp_path / "p.json").exists()
 
 
 def test_bad_numeric_flags_are_errors(model_dir, tmp_path, capsys):
-    status, _, err = run_cli(capsys, "predict", "--model", str(model_dir), "--dataset", "sample",
-                             "--output", str(tmp_path / "p.json"), "--batch-size", "0")
+    status, _, err = run_cli(
+        capsys,
+        "predict",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "sample",
+        "--output",
+        str(tmp_path / "p.json"),
+        "--batch-size",
+        "0",
+    )
     assert_one_line_error(status, err, "--batch-size")

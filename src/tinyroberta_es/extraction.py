@@ -81,7 +81,9 @@ def extract_answers(
             "features refer to examples that are not in `examples`: pass the examples they came from"
         )
 
-    keep = max(n_best, top_k)  # pairs kept per window: enough for top_k after dedup across windows
+    # Each window contributes its best max(n_best, top_k) pairs: every pair among an example's n_best best
+    # (what the Hugging Face recipe keeps) is among its own window's n_best best, and memory stays bounded.
+    keep = max(n_best, top_k)
     null = np.full(len(examples), np.inf)  # (E,) min over windows of start[0] + end[0]
     parts: list[tuple[np.ndarray, ...]] = []
     for lo in range(0, n, _WINDOWS_PER_CHUNK):
@@ -103,23 +105,14 @@ def extract_answers(
         cand_score = np.empty(0)
     order = np.lexsort((-cand_score, cand_example))  # by example, best score first
     cand_example, cand_start, cand_end, cand_score = (
-        cand_example[order],
-        cand_start[order],
-        cand_end[order],
-        cand_score[order],
+        x[order] for x in (cand_example, cand_start, cand_end, cand_score)
     )
     bounds = np.searchsorted(cand_example, np.arange(len(examples) + 1))  # (E + 1,)
 
     predictions = []
     for e, example in enumerate(examples):
-        rows = range(bounds[e], bounds[e + 1])
-        spans = _best_spans(
-            example.context,
-            cand_start[rows.start : rows.stop],
-            cand_end[rows.start : rows.stop],
-            cand_score[rows.start : rows.stop],
-            top_k,
-        )
+        a, b = bounds[e], bounds[e + 1]
+        spans = _best_spans(example.context, cand_start[a:b], cand_end[a:b], cand_score[a:b], top_k)
         predictions.append(_decide(example.id, spans, float(null[e]), null_threshold))
     return predictions
 

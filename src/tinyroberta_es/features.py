@@ -128,11 +128,12 @@ def prepare_features(
         if value < least:
             raise UserError(f"{name} must be at least {least}, got {value}")
     questions, question_lengths = _prepare_questions(examples, tokenizer, max_query_length)
-    room = max_length - tokenizer.num_special_tokens_to_add(pair=True) - max(question_lengths, default=0)
+    longest = max(question_lengths, default=0)
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True) - longest  # context tokens per window
     if room < MIN_CONTEXT_TOKENS:
         raise UserError(
-            f"max_length {max_length} leaves {room} context tokens next to questions of up to "
-            f"{max(question_lengths)} tokens; raise max_length or lower max_query_length ({max_query_length})"
+            f"max_length {max_length} leaves {room} context tokens next to questions of up to {longest} "
+            f"tokens; raise max_length or lower max_query_length ({max_query_length})"
         )
     if doc_stride >= room:
         raise UserError(
@@ -207,7 +208,7 @@ def label_window(offsets: np.ndarray, span: tuple[int, int] | None) -> tuple[int
     start_char, end_char = span
     a, b = offsets[:, 0], offsets[:, 1]  # (L,)
     real = (a >= 0) & (b > a)
-    if not real.any() or a[real].min() > end_char:
+    if not real.any() or a[real].min() > start_char or b[real].max() < end_char:
         return 0, 0
     start = int(np.argmax(real & (b > start_char)))  # first context token ending after the answer starts
     end = len(a) - 1 - int(np.argmax((real & (a < end_char))[::-1]))  # last one starting before it ends

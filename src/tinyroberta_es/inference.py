@@ -52,7 +52,9 @@ def load_qa_model(source: str | Path) -> tuple[torch.nn.Module, object]:
     if path.exists() and not path.is_dir():
         raise UserError(f"model {source} is a file; pass the folder that holds config.json and the weights")
     if path.is_dir() and not (path / "config.json").is_file():
-        raise UserError(f"{source} is not a Hugging Face model folder (no config.json); pass a QA model folder")
+        raise UserError(
+            f"{source} is not a Hugging Face model folder (no config.json); pass a QA model folder"
+        )
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
@@ -66,11 +68,15 @@ def load_qa_model(source: str | Path) -> tuple[torch.nn.Module, object]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"cannot load the tokenizer of {source}: {_first_line(err)}; "
-                        "save the tokenizer files in the model folder") from None
+        raise UserError(
+            f"cannot load the tokenizer of {source}: {_first_line(err)}; "
+            "save the tokenizer files in the model folder"
+        ) from None
     if not getattr(tokenizer, "is_fast", False):
-        raise UserError(f"the tokenizer of {source} is not a fast tokenizer (no character offsets); "
-                        "save a tokenizer.json in the model folder")
+        raise UserError(
+            f"the tokenizer of {source} is not a fast tokenizer (no character offsets); "
+            "save a tokenizer.json in the model folder"
+        )
     try:
         model = AutoModelForQuestionAnswering.from_pretrained(source)
     except (OSError, ValueError) as err:
@@ -87,8 +93,13 @@ def _first_line(err: BaseException) -> str:
 class QuestionAnswerer:
     """A QA model, its tokenizer and the settings that turn examples into answers."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, config: InferenceConfig | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: object,
+        config: InferenceConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.model = model.to(device)
         self.tokenizer = tokenizer
         self.config = config or InferenceConfig()
@@ -96,8 +107,9 @@ class QuestionAnswerer:
         self._uses_token_types = "token_type_ids" in _forward_arguments(model)
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, config: InferenceConfig | None = None,
-                        device: str | None = None) -> QuestionAnswerer:
+    def from_pretrained(
+        cls, source: str | Path, config: InferenceConfig | None = None, device: str | None = None
+    ) -> QuestionAnswerer:
         """Load from a local model folder (or a Hub id when a network exists)."""
         model, tokenizer = load_qa_model(source)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -106,8 +118,13 @@ class QuestionAnswerer:
     def features(self, examples: Sequence[Example]) -> Features:
         """Tokenize examples into windows."""
         c = self.config
-        return prepare_features(examples, self.tokenizer, max_length=c.max_length, doc_stride=c.doc_stride,
-                                max_query_length=c.max_query_length)
+        return prepare_features(
+            examples,
+            self.tokenizer,
+            max_length=c.max_length,
+            doc_stride=c.doc_stride,
+            max_query_length=c.max_query_length,
+        )
 
     @torch.inference_mode()
     def logits(self, features: Features, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +135,7 @@ class QuestionAnswerer:
         start = np.full((n, width), -np.inf, dtype=np.float32)  # (N, L)
         end = np.full((n, width), -np.inf, dtype=np.float32)
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch shows peak memory
-        batches = [order[i:i + self.config.batch_size] for i in range(0, n, self.config.batch_size)]
+        batches = [order[i : i + self.config.batch_size] for i in range(0, n, self.config.batch_size)]
         for idx in tqdm(batches, desc="windows", unit="batch", disable=not progress):
             inputs = features.batch(idx)
             if not self._uses_token_types:
@@ -133,15 +150,25 @@ class QuestionAnswerer:
                 end[i, :length] = e[row, :length]
         return start, end
 
-    def predict(self, examples: Sequence[Example], top_k: int = 1, progress: bool = False) -> list[Prediction]:
+    def predict(
+        self, examples: Sequence[Example], top_k: int = 1, progress: bool = False
+    ) -> list[Prediction]:
         """Answer every example: one `Prediction` per example, in order."""
         if not examples:
             return []
         features = self.features(examples)
         start, end = self.logits(features, progress=progress)
         c = self.config
-        return extract_answers(examples, features, start, end, top_k=top_k, n_best=c.n_best,
-                               max_answer_length=c.max_answer_length, null_threshold=c.null_threshold)
+        return extract_answers(
+            examples,
+            features,
+            start,
+            end,
+            top_k=top_k,
+            n_best=c.n_best,
+            max_answer_length=c.max_answer_length,
+            null_threshold=c.null_threshold,
+        )
 
     def answer(self, question: str, context: str, top_k: int = 1) -> Prediction:
         """Answer one question about one context."""

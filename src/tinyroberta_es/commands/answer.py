@@ -12,7 +12,9 @@ HELP = "answer one question about one context with a QA model folder"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="QA model folder (config, weights, tokenizer) or Hub id")
+    parser.add_argument(
+        "--model", required=True, help="QA model folder (config, weights, tokenizer) or Hub id"
+    )
     parser.add_argument("--question", required=True, help="the question, e.g. '¿Dónde nació Frida Kahlo?'")
     context = parser.add_mutually_exclusive_group(required=True)
     context.add_argument("--context", help="the text that holds the answer")
@@ -46,11 +48,23 @@ def run(args: argparse.Namespace) -> None:
         for s in prediction.answers
     ]
     if args.json:
-        print(json.dumps({"answer": prediction.text, "is_null": prediction.is_null, "answers": answers,
-                          "null_score_diff": prediction.null_score_diff}, ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {
+                    "answer": prediction.text,
+                    "is_null": prediction.is_null,
+                    "answers": answers,
+                    "null_score_diff": prediction.null_score_diff,
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return
     if prediction.is_null:
         print(f"(no answer; null score - best span score = {prediction.null_score_diff:.3f})")
     for rank, a in enumerate(answers, 1):
-        print(f"{rank}. {a['text']}  [chars {a['start']}-{a['end']}, score {a['score']:.3f}, "
-              f"p {a['probability']:.3f}]")
+        print(
+            f"{rank}. {a['text']}  [chars {a['start']}-{a['end']}, score {a['score']:.3f}, "
+            f"p {a['probability']:.3f}]"
+        )

@@ -39,11 +39,15 @@ def run(args: argparse.Namespace) -> None:
     na_probs = {p.id: p.null_score_diff for p in predictions}
     atomic.write_json(out / "predictions.json", preds)
     atomic.write_json(out / "na_probs.json", na_probs)
-    metrics = {norm: evaluate_predictions(dataset, preds, na_probs, normalization=norm)
-               for norm in ("mlqa-es", "squad")}
+    metrics = {
+        norm: evaluate_predictions(dataset, preds, na_probs, normalization=norm)
+        for norm in ("mlqa-es", "squad")
+    }
     atomic.write_json(out / "metrics.json", {"dataset": "sample", "model": str(model_dir), **metrics})
-    print(f"sample: {len(dataset)} questions, {sum(ex.is_impossible for ex in dataset.examples)} unanswerable; "
-          f"tiny untrained model at {model_dir}")
+    print(
+        f"sample: {len(dataset)} questions, {sum(ex.is_impossible for ex in dataset.examples)} unanswerable; "
+        f"tiny untrained model at {model_dir}"
+    )
     for norm, m in metrics.items():
         print(f"  {norm:8s} exact {m['exact']:6.2f}  f1 {m['f1']:6.2f}  best_f1 {m['best_f1']:6.2f}")
     print(f"wrote {out / 'predictions.json'} and {out / 'metrics.json'} in {time.perf_counter() - t0:.1f} s")

@@ -16,17 +16,26 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=384, help="tokens per window (default 384)")
     parser.add_argument("--doc-stride", type=int, default=128, help="tokens shared by windows (default 128)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
-    parser.add_argument("--null-threshold", type=float, default=None,
-                        help="answer '' when null score - best span score exceeds this (SQuAD v2 models)")
+    parser.add_argument(
+        "--null-threshold",
+        type=float,
+        default=None,
+        help="answer '' when null score - best span score exceeds this (SQuAD v2 models)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="QA model folder (config, weights, tokenizer) or Hub id")
+    parser.add_argument(
+        "--model", required=True, help="QA model folder (config, weights, tokenizer) or Hub id"
+    )
     parser.add_argument("--dataset", required=True, help="dataset name (e.g. xquad_es, sample) or path/URL")
     parser.add_argument("--output", required=True, help="predictions JSON to write: {question id: answer}")
-    parser.add_argument("--na-probs-output", default=None,
-                        help="also write {question id: null score - best span score} for v2 evaluation")
+    parser.add_argument(
+        "--na-probs-output",
+        default=None,
+        help="also write {question id: null score - best span score} for v2 evaluation",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     add_inference_arguments(parser)
 
@@ -44,8 +53,12 @@ def answerer_from_args(args: argparse.Namespace):
             raise UserError(f"--{flag.replace('_', '-')} {value} must be a positive integer")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = InferenceConfig(max_length=args.max_length, doc_stride=args.doc_stride,
-                             batch_size=args.batch_size, null_threshold=args.null_threshold)
+    config = InferenceConfig(
+        max_length=args.max_length,
+        doc_stride=args.doc_stride,
+        batch_size=args.batch_size,
+        null_threshold=args.null_threshold,
+    )
     return QuestionAnswerer.from_pretrained(args.model, config)
 
 
@@ -65,5 +78,7 @@ def run(args: argparse.Namespace) -> None:
     atomic.write_json(args.output, {p.id: p.text for p in predictions})
     if args.na_probs_output:
         atomic.write_json(args.na_probs_output, {p.id: p.null_score_diff for p in predictions})
-    print(f"answered {len(predictions)} questions in {seconds:.1f} s "
-          f"({len(predictions) / max(seconds, 1e-9):.1f} questions/s); wrote {args.output}")
+    print(
+        f"answered {len(predictions)} questions in {seconds:.1f} s "
+        f"({len(predictions) / max(seconds, 1e-9):.1f} questions/s); wrote {args.output}"
+    )

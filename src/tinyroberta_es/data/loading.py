@@ -88,8 +88,8 @@ def parse_squad(obj: Any, source: str, *, bad_spans: str = "repair") -> QADatase
     answer found nowhere is a problem), "drop" drops the answer (and an answerable question left with none),
     "keep" skips the check (what evaluation wants: the official scripts ignore `answer_start`).
     Answers with an empty text are counted (`LoadReport.empty_answers`) and skipped, except under "keep",
-    which keeps them because the official v1.1 and MLQA scripts score them. In v2 data a question with no `is_impossible` key and no answers is unanswerable,
-    as the official v2 script scores it.
+    which keeps them because the official v1.1 and MLQA scripts score them. In v2 data a question with no
+    `is_impossible` key and no answers is unanswerable, as the official v2 script scores it.
     """
     check_bad_spans(bad_spans)
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
@@ -291,7 +291,7 @@ class _Parser:
 
         Answers with an empty text are counted; the SQuAD-es "small" files hold thousands of them beside a
         non-empty reference. "keep" keeps them, because the official v1.1 and MLQA scripts score an empty
-        gold answer (the v2.0 script drops it itself); "repair" and "drop" skip them: they cannot be trained on.
+        gold answer (the v2.0 script drops it itself); "repair" and "drop" skip them (nothing to train on).
         """
         answers: list[Answer] = []
         removed = 0
