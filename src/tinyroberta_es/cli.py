@@ -1,7 +1,7 @@
 """The `tinyroberta-es` command line: a table from subcommand to the module that implements it.
 
-Each command module defines `HELP` (one line), `configure(parser)` (its flags) and `run(args)`.
-Modules are imported only when their command runs, so `--help` stays fast and torch loads only when needed.
+Each command module defines `HELP` (one line), `configure(parser)` (its flags) and `run(args)`; command
+modules import torch and transformers inside `run`, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
+import tinyroberta_es
 from tinyroberta_es import __version__
 from tinyroberta_es.errors import UserError
 
@@ -25,7 +27,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per entry of `COMMANDS`."""
-    parser = argparse.ArgumentParser(prog="tinyroberta-es", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tinyroberta-es", description=tinyroberta_es.__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    # Our own progress bars cover long work; the Hub's per-file bars (loading, saving weights) are noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
