@@ -1,0 +1,1 @@
+"""Knowledge distillation: model-output adapters, losses, layer matches, students, caches, augmentation."""
