@@ -22,6 +22,8 @@ COMMANDS = {
     "answer": "tinyroberta_es.commands.answer",
     "evaluate": "tinyroberta_es.commands.evaluate",
     "split": "tinyroberta_es.commands.split",
+    "finetune": "tinyroberta_es.commands.finetune",
+    "distill": "tinyroberta_es.commands.distill",
 }
 
 
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Our own progress bars cover long work; the Hub's per-file bars (loading, saving weights) are noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported before us (tests, notebooks): the variable came too late
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

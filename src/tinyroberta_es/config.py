@@ -24,7 +24,15 @@ INITS = ("random", "teacher-layers", "pretrained")
 ATTENTION_LOSSES = ("mse", "kl")
 LAYER_MAPS = ("uniform", "last")
 SCHEDULES = ("one-stage", "two-stage")
-PRESETS = ("paper",)
+STUDENT_PRESETS: dict[str, dict[str, int]] = {
+    # The paper's SpanishTinyRoBERTa: head dim 32, so its 16 attention maps match a 16-head teacher's.
+    "paper": {
+        "num_hidden_layers": 6,
+        "hidden_size": 512,
+        "num_attention_heads": 16,
+        "intermediate_size": 3072,
+    },
+}
 
 
 def check_choice(where: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -74,7 +82,9 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # optimizer steps between evaluations; 0: at the end of each epoch
     log_every: int = 20  # optimizer steps between log lines
-    checkpoint_every: int = 0  # optimizer steps between resume checkpoints; 0: at each evaluation and epoch end
+    checkpoint_every: int = (
+        0  # optimizer steps between resume checkpoints; 0: at each evaluation and epoch end
+    )
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
     freeze_word_embeddings: bool = False  # saves most of the optimizer's work for 250k-piece vocabularies
     metric: str = "f1"  # dev metric that picks the best checkpoint
@@ -119,7 +129,7 @@ class StudentConfig:
     def __post_init__(self) -> None:
         check_choice("student.init", self.init, INITS)
         if self.preset is not None:
-            check_choice("student.preset", self.preset, PRESETS)
+            check_choice("student.preset", self.preset, tuple(STUDENT_PRESETS))
         for name in ("layers", "hidden_size", "heads", "intermediate_size"):
             check_positive(f"student.{name}", getattr(self, name))
         if self.init == "pretrained" and not self.folder:
@@ -132,7 +142,7 @@ class StudentConfig:
 class LossConfig:
     """Weights of the distillation losses and how student layers meet teacher layers."""
 
-    kd: float = 1.0  # KL(student || teacher) on start and end logits, at `temperature`, times T^2
+    kd: float = 1.0  # KL(teacher || student) on start and end logits, at `temperature`, times T^2
     temperature: float = 1.0
     ce: float = 1.0  # cross-entropy on the gold start and end positions
     hidden: float = 1.0  # MSE of projected student hidden states against the teacher's (embeddings included)

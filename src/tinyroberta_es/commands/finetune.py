@@ -1,0 +1,179 @@
+"""`tinyroberta-es finetune`: an encoder (a folder or a Hub id) into an extractive-QA model folder.
+
+The configuration starts from `FinetuneConfig()` (or a recipe's `finetune` section with --config), then takes
+--model/--train/--dev/--output, then the --set overrides. The training loop is `tinyroberta_es.train.train`
+with the cross-entropy of `QALoss`; the dev set is answered through `QuestionAnswerer`, the one inference
+path, and scored like `tinyroberta-es evaluate` (mlqa-es, with squad beside it). Rerun the same command
+to resume a killed run; a finished run is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+HELP = "fine-tune an encoder for extractive QA (the teacher); rerun to resume"
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the `finetune` flags to `parser`."""
+    parser.add_argument("--config", default=None, help="recipe YAML whose `finetune` section is the start")
+    parser.add_argument("--model", default=None, help="encoder or QA model: a folder or a Hub id")
+    parser.add_argument("--train", default=None, help="training set: dataset name or SQuAD JSON path/URL")
+    parser.add_argument(
+        "--dev", default=None, help="dev set evaluated while training (--set data.dev=null: none)"
+    )
+    parser.add_argument("--output", default=None, help="model folder to write (rerun to resume)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. train.lr=3e-5 or data.max_length=256 (repeatable)",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """The `FinetuneConfig` of the defaults or --config, then the direct flags, then --set."""
+    from tinyroberta_es.config import FinetuneConfig, apply_overrides, load_recipe
+    from tinyroberta_es.errors import UserError
+
+    config = FinetuneConfig()
+    if args.config:
+        config = load_recipe(args.config).finetune
+        if config is None:
+            raise UserError(f"recipe {args.config} has no finetune section: add one, or drop --config")
+    data = {k: v for k, v in (("train", args.train), ("dev", args.dev)) if v is not None}
+    direct = {k: v for k, v in (("model", args.model), ("output", args.output)) if v is not None}
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, **data), **direct)
+    return apply_overrides(config, args.overrides)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Fine-tune with the configuration of the flags."""
+    finetune(resolve_config(args))
+
+
+def finetune(config: Any) -> dict[str, float]:
+    """Load the model and the data of a `FinetuneConfig`, train, report where the model is; dev metrics."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from tinyroberta_es import __version__, atomic
+    from tinyroberta_es.config import to_dict
+    from tinyroberta_es.errors import UserError
+    from tinyroberta_es.features import prepare_features
+    from tinyroberta_es.qa_loss import QALoss
+    from tinyroberta_es.train import check_config, read_train_state, resolve_device, train
+    from tinyroberta_es.training_data import DEV_METRICS, dev_evaluator, load_training_examples
+
+    check_config(config.train)
+    resolve_device(config.train.device, config.train.precision)  # fail before any slow work
+    if config.train.metric not in DEV_METRICS:
+        raise UserError(
+            f"unknown train.metric {config.train.metric!r}: choose one of {', '.join(DEV_METRICS)}"
+        )
+    output = Path(config.output).expanduser()
+    main = int(os.environ.get("RANK", "0")) == 0
+    if read_train_state(output) is not None:
+        if main:
+            print(f"{output} holds a finished run; model in {output} (use another --output to train again)")
+        return read_train_state(output).get("metrics") or {}
+
+    hf_logging.disable_progress_bar()  # a bar per saved checkpoint is noise next to ours
+    torch.manual_seed(config.train.seed)  # the new QA head's initialisation
+    model, tokenizer = load_encoder(config.model, config.data.max_length)
+    if config.train.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    examples = load_training_examples(config.data)
+    d = config.data
+    features = prepare_features(
+        examples,
+        tokenizer,
+        max_length=d.max_length,
+        doc_stride=d.doc_stride,
+        max_query_length=d.max_query_length,
+    )
+    log.info("%d training questions -> %d windows", len(examples), len(features))
+    if main:
+        atomic.write_json(
+            output / "run_config.json", {**to_dict(config), "tinyroberta_es_version": __version__}
+        )
+
+    def save_model(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    evaluate = dev_evaluator(model, tokenizer, config.data)
+    result = train(QALoss(model), features, config.train, output, save_model=save_model, evaluate=evaluate)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if not main:
+        return {}
+    if result.metrics:
+        atomic.write_json(output / "metrics.json", {**result.metrics, "step": result.best_step})
+        scores = ", ".join(f"{k} {result.metrics[k]:.2f}" for k in ("f1", "exact_match"))
+        print(f"model in {output} (dev {scores} at step {result.best_step})")
+    else:
+        print(f"model in {output} (last weights; no dev set)")
+    return result.metrics
+
+
+def load_encoder(source: str, max_length: int) -> tuple[Any, Any]:
+    """`AutoModelForQuestionAnswering` (a new QA head for a bare encoder), in fp32, and its fast tokenizer."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from tinyroberta_es.errors import UserError
+
+    path = Path(source).expanduser()
+    source = str(path) if path.exists() else source
+    if path.exists() and not path.is_dir():
+        raise UserError(f"model {source} is a file; pass the folder that holds config.json, or a Hub id")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(
+            f"{source} is not a Hugging Face model folder (no config.json); pass an encoder folder"
+        )
+    if not path.exists() and not _HUB_ID.match(source):
+        raise UserError(
+            f"model folder {source} does not exist; pass a local folder or a Hub id such as "
+            "PlanTL-GOB-ES/roberta-large-bne"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"cannot load the tokenizer of {source}: {_first_line(err)}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(
+            f"the tokenizer of {source} is a slow tokenizer without character offsets; "
+            "save a tokenizer.json (a fast tokenizer) in the model folder"
+        )
+    try:
+        model = AutoModelForQuestionAnswering.from_pretrained(source, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load {source} as a question-answering model: {_first_line(err)}") from None
+    config = model.config
+    # RoBERTa-style models number positions from pad_token_id + 1, so they hold that many fewer tokens.
+    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta", "camembert") else 0
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and max_length > positions - offset:
+        raise UserError(
+            f"data.max_length {max_length} is longer than {source} can read ({positions - offset} tokens): "
+            f"use --set data.max_length={positions - offset}"
+        )
+    return model, tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
