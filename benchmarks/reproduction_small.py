@@ -69,10 +69,14 @@ def models(recipe) -> dict[str, Path]:
     return {"teacher": Path(recipe.finetune.output)} | {d.name: Path(d.output) for d in recipe.distill}
 
 
-def stage_accuracy(recipe, workdir: Path) -> None:
+def stage_accuracy(recipe, workdir: Path, names: list[str] | None = None) -> None:
+    """Answer XQuAD-es with the named models (default all) and merge their scores into accuracy.json."""
     xquad = load_dataset(XQUAD_ES, bad_spans="keep")
-    results = {}
+    path = workdir / "accuracy.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
     for name, folder in models(recipe).items():
+        if names is not None and name not in names:
+            continue
         max_length = recipe.finetune.data.max_length
         answerer = QuestionAnswerer.from_pretrained(
             folder, InferenceConfig(max_length=max_length, batch_size=64)
@@ -83,7 +87,7 @@ def stage_accuracy(recipe, workdir: Path) -> None:
             norm: evaluate_predictions(xquad, preds, normalization=norm) for norm in ("mlqa-es", "squad")
         }
         log.info("%s: %s", name, results[name])
-    atomic.write_json(workdir / "accuracy.json", results)
+        atomic.write_json(path, results)
 
 
 def random_copy(folder: Path, dest: Path) -> Path:
@@ -245,11 +249,17 @@ def main() -> None:
         sys.exit(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}")
     if "split" in stages:
         stage_split(recipe)
+    accuracy = "accuracy" in stages  # scored right after training, so a cut-short run keeps what it has
     if "teacher" in stages:
         stage_teacher(recipe)
+        if accuracy:
+            stage_accuracy(recipe, workdir, ["teacher"])
     if "students" in stages:
-        stage_students(recipe, args.students.split(",") if args.students else None)
-    if "accuracy" in stages:
+        for name in args.students.split(",") if args.students else [d.name for d in recipe.distill]:
+            stage_students(recipe, [name])
+            if accuracy:
+                stage_accuracy(recipe, workdir, [name])
+    elif accuracy:
         stage_accuracy(recipe, workdir)
     if "speed" in stages:
         stage_speed(recipe, workdir, args.random_weights, args.latency_questions)

@@ -239,3 +239,16 @@ def test_trimmed_model_with_tied_output_embeddings() -> None:
         got = model(input_ids=trim.map_ids(ids)).logits
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert (config.bos_token_id, config.eos_token_id, config.pad_token_id, config.vocab_size) == (0, 2, 1, 8)
+
+
+def test_trimming_ignores_truncation_left_by_windowing(tokenizer_dirs: dict[str, Path]) -> None:
+    """A tokenizer that windowed question/context pairs keeps `only_second` truncation in its backend (and
+    in the tokenizer.json it saves); planning and trimming must not inherit it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dirs["unigram"]))
+    tokenizer(["¿Qué?"], ["Un contexto largo " * 20], truncation="only_second", max_length=16, stride=4,
+              return_overflowing_tokens=True)  # fmt: skip
+    trim = plan_trim(tokenizer, ["Un contexto largo sin pareja."])
+    trimmed = trim_tokenizer(tokenizer, trim)
+    assert trimmed("Un contexto largo sin pareja.")["input_ids"]

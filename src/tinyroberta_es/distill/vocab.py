@@ -169,7 +169,12 @@ def plan_trim(
     spec = _tokenizer_json(tokenizer)
     model = spec["model"]
     size = len(tokenizer)
-    backend = tokenizer.backend_tokenizer
+    from tokenizers import Tokenizer
+
+    # a copy without the truncation/padding state that earlier calls (windowing) left on the tokenizer
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
     counts = np.zeros(size, dtype=np.int64)
     n_texts = 0
     for batch in _batches(texts, BATCH):
@@ -228,6 +233,7 @@ def _tokenizer_json(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
             "is not one"
         )
     spec = json.loads(backend.to_str())
+    spec["truncation"] = None  # state left by earlier calls, not part of the vocabulary
     kind = spec["model"]["type"]
     if kind not in TRIMMABLE:
         raise UserError(
