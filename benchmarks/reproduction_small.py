@@ -109,6 +109,9 @@ def stage_speed(recipe, workdir: Path, random_weights: bool, n_latency: int) -> 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, folder in models(recipe).items():
+            if not (folder / "config.json").is_file():
+                log.warning("%s: no model at %s; not timed", name, folder)
+                continue
             source = random_copy(folder, Path(tmp) / name) if random_weights else folder
             one = QuestionAnswerer.from_pretrained(
                 source, InferenceConfig(max_length=max_length, batch_size=1), device="cpu"
@@ -154,27 +157,34 @@ def stage_report(recipe, workdir: Path, command: str) -> None:
     teacher = accuracy["teacher"]["mlqa-es"]["f1"]
     t_speed = speed["teacher"]["latency_ms_b1"]
     entries = []
-    for name in models(recipe):
+    for name, folder in models(recipe).items():
         config = next((d for d in recipe.distill if d.name == name), None)
-        layers = json.loads((Path(models(recipe)[name]) / "config.json").read_text())["num_hidden_layers"]
+        distilled = None if config is None else config.loss.kd > 0 or config.loss.hidden > 0
+        if name not in accuracy or name not in speed:  # not trained (a run cut short)
+            layers = config.student.layers if config else None
+            entries.append({"name": name, "layers": layers, "distilled": distilled, "params": None,
+                            "xquad_es": None, "xquad_es_squad": None, "latency_ms_b1": None,
+                            "throughput_b32": None, "trained": False})  # fmt: skip
+            continue
+        layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
         acc, sp = accuracy[name], speed[name]
-        entries.append(
-            {
-                "name": name,
-                "layers": layers,
-                "distilled": None if config is None else config.loss.kd > 0 or config.loss.hidden > 0,
-                "params": sp["params"],
-                "xquad_es": {"f1": acc["mlqa-es"]["f1"], "exact_match": acc["mlqa-es"]["exact_match"]},
-                "xquad_es_squad": {"f1": acc["squad"]["f1"], "exact_match": acc["squad"]["exact_match"]},
-                "latency_ms_b1": sp["latency_ms_b1"],
-                "latency_ms_b1_p90": sp["latency_ms_b1_p90"],
-                "throughput_b32": sp["throughput_b32"],
-                "f1_retention": acc["mlqa-es"]["f1"] / teacher,
-                "speedup_b1": t_speed / sp["latency_ms_b1"],
-            }
-        )
+        entries.append({
+            "name": name,
+            "layers": layers,
+            "distilled": distilled,
+            "params": sp["params"],
+            "xquad_es": {"f1": acc["mlqa-es"]["f1"], "exact_match": acc["mlqa-es"]["exact_match"]},
+            "xquad_es_squad": {"f1": acc["squad"]["f1"], "exact_match": acc["squad"]["exact_match"]},
+            "latency_ms_b1": sp["latency_ms_b1"],
+            "latency_ms_b1_p90": sp["latency_ms_b1_p90"],
+            "throughput_b32": sp["throughput_b32"],
+            "f1_retention": acc["mlqa-es"]["f1"] / teacher,
+            "speedup_b1": t_speed / sp["latency_ms_b1"],
+            "trained": True,
+        })  # fmt: skip
     report = {
         "command": command,
+        "git_commit": _git_commit(),
         "recipe": "recipes/reproduction-small.yaml",
         "speed_protocol": speed["_protocol"],
         "models": entries,
@@ -184,13 +194,16 @@ def stage_report(recipe, workdir: Path, command: str) -> None:
     lines = [
         "# Small-scale reproduction: me5-small teacher and students on XQuAD-es (held out)",
         "",
-        f"Reproduce: `{command}` (recipe `recipes/reproduction-small.yaml`).",
+        f"Produced by: {command} (recipe `recipes/reproduction-small.yaml`).",
         "",
         "| model | layers | distilled | params | F1 (mlqa-es) | EM (mlqa-es) | F1 (squad) | EM (squad) "
         "| F1 kept | latency b1 ms | speedup b1 | throughput b32 q/s |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in entries:
+        if not e["trained"]:
+            lines.append(f"| {e['name']} | {e['layers']} | {e['distilled']} | not trained |" + " |" * 8)
+            continue
         lines.append(
             f"| {e['name']} | {e['layers']} | {'-' if e['distilled'] is None else e['distilled']} "
             f"| {e['params'] / 1e6:.1f}M | {e['xquad_es']['f1']:.2f} | {e['xquad_es']['exact_match']:.2f} "
@@ -213,6 +226,17 @@ def stage_report(recipe, workdir: Path, command: str) -> None:
     print("\n".join(lines))
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="recipes/reproduction-small.yaml")
@@ -223,6 +247,7 @@ def main() -> None:
     parser.add_argument("--teacher-model", default=None, help="encoder to fine-tune (default: the recipe's)")
     parser.add_argument("--random-weights", action="store_true", help="time random-weight copies (see above)")
     parser.add_argument("--latency-questions", type=int, default=100)
+    parser.add_argument("--provenance", default="", help="how the models were produced, for the report")
     parser.add_argument(
         "--set",
         action="append",
@@ -264,7 +289,8 @@ def main() -> None:
     if "speed" in stages:
         stage_speed(recipe, workdir, args.random_weights, args.latency_questions)
     if "report" in stages:
-        stage_report(recipe, workdir, "python benchmarks/reproduction_small.py " + " ".join(sys.argv[1:]))
+        command = "python benchmarks/reproduction_small.py " + " ".join(sys.argv[1:])
+        stage_report(recipe, workdir, args.provenance or command)
 
 
 if __name__ == "__main__":
