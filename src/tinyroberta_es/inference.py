@@ -25,7 +25,7 @@ from tinyroberta_es.features import Features, prepare_features
 
 log = logging.getLogger(__name__)
 
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass
@@ -41,35 +41,28 @@ class InferenceConfig:
     null_threshold: float | None = None  # None: never answer "no answer" (SQuAD v1 models)
 
 
-def load_qa_model(source: str | Path) -> tuple[torch.nn.Module, object]:
-    """Load a question-answering model and its fast tokenizer from a local folder or a Hub id."""
-    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
-
-    source = str(source)
-    path = Path(source)
-    if not path.exists() and not _HUB_ID.match(source):
-        raise UserError(f"model folder {source} does not exist; pass a local question-answering model folder")
+def model_source(source: str | Path) -> str:
+    """`source` as `from_pretrained` should see it: an existing model folder (`~` expanded) or a Hub id."""
+    path = Path(source).expanduser()
+    source = str(path) if path.exists() else str(source)
+    if not path.exists() and not HUB_ID.match(source):
+        raise UserError(f"model folder {source} does not exist; pass a local model folder or a Hub id")
     if path.exists() and not path.is_dir():
         raise UserError(f"model {source} is a file; pass the folder that holds config.json and the weights")
     if path.is_dir() and not (path / "config.json").is_file():
-        raise UserError(
-            f"{source} is not a Hugging Face model folder (no config.json); pass a QA model folder"
-        )
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read the model config of {source}: {_first_line(err)}") from None
-    architectures = config.architectures or []
-    if not any(a.endswith("ForQuestionAnswering") for a in architectures):
-        raise UserError(
-            f"{source} is not a question-answering model (architectures: {architectures or 'none'}); "
-            "fine-tune it for extractive QA first, or pass a *ForQuestionAnswering folder"
-        )
+        raise UserError(f"{source} is not a Hugging Face model folder (no config.json); pass a model folder")
+    return source
+
+
+def load_fast_tokenizer(source: str) -> object:
+    """The fast tokenizer (character offsets) of a model folder or Hub id, else a one-line UserError."""
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError) as err:
         raise UserError(
-            f"cannot load the tokenizer of {source}: {_first_line(err)}; "
+            f"cannot load the tokenizer of {source}: {first_line(err)}; "
             "save the tokenizer files in the model folder"
         ) from None
     if not getattr(tokenizer, "is_fast", False):
@@ -77,15 +70,35 @@ def load_qa_model(source: str | Path) -> tuple[torch.nn.Module, object]:
             f"the tokenizer of {source} is not a fast tokenizer (no character offsets); "
             "save a tokenizer.json in the model folder"
         )
+    return tokenizer
+
+
+def load_qa_model(source: str | Path) -> tuple[torch.nn.Module, object]:
+    """Load a question-answering model and its fast tokenizer from a local folder or a Hub id."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    source = model_source(source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the model config of {source}: {first_line(err)}") from None
+    architectures = config.architectures or []
+    if not any(a.endswith("ForQuestionAnswering") for a in architectures):
+        raise UserError(
+            f"{source} is not a question-answering model (architectures: {architectures or 'none'}); "
+            "fine-tune it for extractive QA first, or pass a *ForQuestionAnswering folder"
+        )
+    tokenizer = load_fast_tokenizer(source)
     try:
         model = AutoModelForQuestionAnswering.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the model weights of {source}: {_first_line(err)}") from None
+        raise UserError(f"cannot load the model weights of {source}: {first_line(err)}") from None
     model.eval()
     return model, tokenizer
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 

@@ -13,15 +13,12 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 HELP = "fine-tune an encoder for extractive QA (the teacher); rerun to resume"
 
 log = logging.getLogger(__name__)
-
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -132,36 +129,17 @@ def finetune(config: Any) -> dict[str, float]:
 def load_encoder(source: str, max_length: int) -> tuple[Any, Any]:
     """`AutoModelForQuestionAnswering` (a new QA head for a bare encoder), in fp32, and its fast tokenizer."""
     import torch
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
     from tinyroberta_es.errors import UserError
+    from tinyroberta_es.inference import first_line, load_fast_tokenizer, model_source
 
-    path = Path(source).expanduser()
-    source = str(path) if path.exists() else source
-    if path.exists() and not path.is_dir():
-        raise UserError(f"model {source} is a file; pass the folder that holds config.json, or a Hub id")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise UserError(
-            f"{source} is not a Hugging Face model folder (no config.json); pass an encoder folder"
-        )
-    if not path.exists() and not _HUB_ID.match(source):
-        raise UserError(
-            f"model folder {source} does not exist; pass a local folder or a Hub id such as "
-            "PlanTL-GOB-ES/roberta-large-bne"
-        )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"cannot load the tokenizer of {source}: {_first_line(err)}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError(
-            f"the tokenizer of {source} is a slow tokenizer without character offsets; "
-            "save a tokenizer.json (a fast tokenizer) in the model folder"
-        )
+    source = model_source(source)
+    tokenizer = load_fast_tokenizer(source)
     try:
         model = AutoModelForQuestionAnswering.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load {source} as a question-answering model: {_first_line(err)}") from None
+        raise UserError(f"cannot load {source} as a question-answering model: {first_line(err)}") from None
     config = model.config
     # RoBERTa-style models number positions from pad_token_id + 1, so they hold that many fewer tokens.
     offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta", "camembert") else 0
@@ -172,8 +150,3 @@ def load_encoder(source: str, max_length: int) -> tuple[Any, Any]:
             f"use --set data.max_length={positions - offset}"
         )
     return model, tokenizer
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
