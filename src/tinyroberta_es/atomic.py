@@ -27,6 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, default_file_mode())  # mkstemp makes owner-only files; others read ours too
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -41,3 +42,10 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
     """Write `obj` as UTF-8 JSON (non-ASCII kept readable) to `path` atomically."""
     write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
+
+
+def default_file_mode() -> int:
+    """The mode `open()` would give a new file under the current umask (0o644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

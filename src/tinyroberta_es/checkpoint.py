@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinyroberta_es.atomic import atomic_path
+from tinyroberta_es.atomic import atomic_path, default_file_mode
 from tinyroberta_es.errors import UserError
 
 
@@ -96,7 +96,7 @@ def save_model_atomically(save_model: Callable[[Path], Any], output_dir: Path) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.saving-", dir=output_dir.parent))
     try:
         save_model(tmp)
-        mode = _default_file_mode()
+        mode = default_file_mode()
         for src in sorted(tmp.iterdir()):
             dest = output_dir / src.name
             if src.is_dir():
@@ -108,12 +108,6 @@ def save_model_atomically(save_model: Callable[[Path], Any], output_dir: Path) -
             os.replace(src, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _default_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def remove_stale_temporaries(output_dir: Path, checkpoint: Path) -> None:
