@@ -24,6 +24,9 @@ COMMANDS = {
     "split": "tinyroberta_es.commands.split",
     "finetune": "tinyroberta_es.commands.finetune",
     "distill": "tinyroberta_es.commands.distill",
+    "export": "tinyroberta_es.commands.export",
+    "serve": "tinyroberta_es.commands.serve",
+    "bench": "tinyroberta_es.commands.bench",
 }
 
 

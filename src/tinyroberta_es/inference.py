@@ -1,13 +1,13 @@
 """Answer questions with a Hugging Face question-answering model folder.
 
-`QuestionAnswerer` is the one inference path: the `predict` and `answer` commands (and later the
-benchmark and the server) all go through it. Windows are run in length-sorted batches with dynamic
-padding, because real questions with their contexts are much shorter than the maximum length.
+`QuestionAnswerer` is the one inference path: the `predict`, `answer`, `evaluate --model` and `export`
+commands (and later the benchmark and the server) all go through it. Windows are run in length-sorted
+batches with dynamic padding, because real questions with their contexts are much shorter than the maximum
+length. What computes the logits is a `Runner` (`backends.py`): PyTorch fp32/bf16 or ONNX Runtime fp32/int8.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections.abc import Sequence
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tinyroberta_es.backends import Runner, make_runner, torch_runner
 from tinyroberta_es.data.schema import Example
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.extraction import Prediction, extract_answers
@@ -39,6 +40,8 @@ class InferenceConfig:
     n_best: int = 20  # start and end candidates per window
     batch_size: int = 32
     null_threshold: float | None = None  # None: never answer "no answer" (SQuAD v1 models)
+    backend: str = "pytorch"  # what runs the model: a key of backends.BACKENDS
+    threads: int | None = None  # intra-op CPU threads; None: the runtime's default
 
 
 def model_source(source: str | Path) -> str:
@@ -73,11 +76,38 @@ def load_fast_tokenizer(source: str) -> object:
     return tokenizer
 
 
-def load_qa_model(source: str | Path) -> tuple[torch.nn.Module, object]:
-    """Load a question-answering model and its fast tokenizer from a local folder or a Hub id."""
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
+def load_qa_model(source: str | Path, **model_kwargs: object) -> tuple[torch.nn.Module, object]:
+    """Load a question-answering model (eval mode) and its fast tokenizer from a local folder or a Hub id.
 
+    `model_kwargs` go to `from_pretrained` (e.g. ``attn_implementation="eager"`` for ONNX export).
+    """
     source = model_source(source)
+    _check_qa_config(source)
+    tokenizer = load_fast_tokenizer(source)
+    return _load_module(source, model_kwargs), tokenizer
+
+
+def load_qa_module(source: str | Path, **model_kwargs: object) -> torch.nn.Module:
+    """Load only the question-answering model (eval mode) of a local folder or a Hub id."""
+    source = model_source(source)
+    _check_qa_config(source)
+    return _load_module(source, model_kwargs)
+
+
+def _load_module(source: str, model_kwargs: dict[str, object]) -> torch.nn.Module:
+    from transformers import AutoModelForQuestionAnswering
+
+    try:
+        model = AutoModelForQuestionAnswering.from_pretrained(source, **model_kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the model weights of {source}: {first_line(err)}") from None
+    model.eval()
+    return model
+
+
+def _check_qa_config(source: str) -> None:
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
@@ -88,13 +118,16 @@ def load_qa_model(source: str | Path) -> tuple[torch.nn.Module, object]:
             f"{source} is not a question-answering model (architectures: {architectures or 'none'}); "
             "fine-tune it for extractive QA first, or pass a *ForQuestionAnswering folder"
         )
-    tokenizer = load_fast_tokenizer(source)
-    try:
-        model = AutoModelForQuestionAnswering.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the model weights of {source}: {first_line(err)}") from None
-    model.eval()
-    return model, tokenizer
+
+
+def tokenizer_folder(source: str | Path) -> str:
+    """Where the tokenizer of a model or export folder lives: the folder, or for `<model>/onnx` its parent."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return str(source)  # a Hub id
+    if not (path / "tokenizer_config.json").is_file() and (path.parent / "tokenizer_config.json").is_file():
+        return str(path.parent)
+    return str(path)
 
 
 def first_line(err: BaseException) -> str:
@@ -104,29 +137,48 @@ def first_line(err: BaseException) -> str:
 
 
 class QuestionAnswerer:
-    """A QA model, its tokenizer and the settings that turn examples into answers."""
+    """A QA model (behind a `Runner`), its tokenizer and the settings that turn examples into answers.
+
+    `model` is a `Runner` or a torch module in memory (the training loop's dev evaluation), which runs as the
+    fp32 PyTorch backend on `device`.
+    """
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | Runner,
         tokenizer: object,
         config: InferenceConfig | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        self.model = model.to(device)
-        self.tokenizer = tokenizer
         self.config = config or InferenceConfig()
-        self.device = torch.device(device)
-        self._uses_token_types = "token_type_ids" in _forward_arguments(model)
+        if isinstance(model, Runner):
+            self.runner = model
+        else:
+            self.runner = torch_runner(model, device, threads=self.config.threads)
+        self.tokenizer = tokenizer
+        self.device = torch.device(self.runner.device)
 
     @classmethod
     def from_pretrained(
         cls, source: str | Path, config: InferenceConfig | None = None, device: str | None = None
     ) -> QuestionAnswerer:
-        """Load from a local model folder (or a Hub id when a network exists)."""
-        model, tokenizer = load_qa_model(source)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model, tokenizer, config, device)
+        """Load from a local model folder (or a Hub id when a network exists) with `config.backend`.
+
+        Without `device`, the model runs on a GPU when the backend's library sees one.
+        """
+        config = config or InferenceConfig()
+        runner = make_runner(source, config.backend, device=device, threads=config.threads)
+        return cls(runner, load_fast_tokenizer(tokenizer_folder(source)), config)
+
+    @property
+    def params(self) -> int | None:
+        """Parameters of the model (None when the backend cannot tell)."""
+        return self.runner.params
+
+    @property
+    def weights_bytes(self) -> int | None:
+        """Size on disk of what the backend loads (for a module in memory: of its tensors)."""
+        return self.runner.weights_bytes
 
     def features(self, examples: Sequence[Example]) -> Features:
         """Tokenize examples into windows."""
@@ -139,7 +191,6 @@ class QuestionAnswerer:
             max_query_length=c.max_query_length,
         )
 
-    @torch.inference_mode()
     def logits(self, features: Features, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Start and end logits of every window, `(N, L)` float32, padded with -inf past each window's end."""
         n = len(features)
@@ -150,13 +201,7 @@ class QuestionAnswerer:
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch shows peak memory
         batches = [order[i : i + self.config.batch_size] for i in range(0, n, self.config.batch_size)]
         for idx in tqdm(batches, desc="windows", unit="batch", disable=not progress):
-            inputs = features.batch(idx)
-            if not self._uses_token_types:
-                inputs.pop("token_type_ids", None)
-            tensors = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in inputs.items()}
-            out = self.model(**tensors)
-            s = out.start_logits.float().cpu().numpy()  # (B, T)
-            e = out.end_logits.float().cpu().numpy()
+            s, e = self.runner(features.batch(idx, self.runner.pad_to_multiple_of))  # (B, T)
             for row, i in enumerate(idx):
                 length = lengths[i]
                 start[i, :length] = s[row, :length]
@@ -171,6 +216,17 @@ class QuestionAnswerer:
             return []
         features = self.features(examples)
         start, end = self.logits(features, progress=progress)
+        return self.extract(examples, features, start, end, top_k=top_k)
+
+    def extract(
+        self,
+        examples: Sequence[Example],
+        features: Features,
+        start: np.ndarray,
+        end: np.ndarray,
+        top_k: int = 1,
+    ) -> list[Prediction]:
+        """Answers from the logits of `features` (as `logits` returns them), with this config's settings."""
         c = self.config
         return extract_answers(
             examples,
@@ -190,7 +246,3 @@ class QuestionAnswerer:
         if not context.strip():
             raise UserError("the context is empty; give the text that holds the answer")
         return self.predict([Example(id="q", question=question, context=context)], top_k=top_k)[0]
-
-
-def _forward_arguments(model: torch.nn.Module) -> set[str]:
-    return set(inspect.signature(model.forward).parameters)

@@ -1,11 +1,16 @@
-"""`tinyroberta-es evaluate`: exact match and F1 of a predictions file, as the official scripts give them."""
+"""`tinyroberta-es evaluate`: exact match and F1, as the official scripts give them.
+
+Of a predictions file, or of a model folder (`--model`: answered first through the code path of `predict`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-HELP = "score a predictions file (official SQuAD v1.1/v2.0 and MLQA metrics)"
+from tinyroberta_es.commands.predict import add_inference_arguments, predict_examples
+
+HELP = "score a predictions file or a model (official SQuAD v1.1/v2.0 and MLQA metrics)"
 DEFAULT_NORMALIZATIONS = ("mlqa-es", "squad")  # the first is the primary one, flat at the top of --output
 
 log = logging.getLogger(__name__)
@@ -16,7 +21,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset", required=True, help="dataset name (e.g. xquad_es) or SQuAD JSON path/URL"
     )
-    parser.add_argument("--predictions", required=True, help='predictions JSON: {question id: answer or ""}')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", help='predictions JSON: {question id: answer or ""}')
+    source.add_argument(
+        "--model",
+        help="or a QA model folder to predict with first (on v2 data its null scores serve as --na-probs)",
+    )
     parser.add_argument("--na-probs", default=None, help="no-answer probabilities JSON (v2 datasets only)")
     parser.add_argument(
         "--na-prob-thresh",
@@ -30,6 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="squad, mlqa-es or mlqa-en (default: mlqa-es, with squad beside it)",
     )
     parser.add_argument("--output", default=None, help="also write the scores to this JSON file")
+    add_inference_arguments(parser)  # used with --model
 
 
 def format_table(results: dict[str, dict[str, float | int]]) -> str:
@@ -69,9 +80,16 @@ def run(args: argparse.Namespace) -> None:
     names = [args.normalization] if args.normalization else list(DEFAULT_NORMALIZATIONS)
     for name in names:
         get_normalizer(name)  # fail on a typo before any file is read
-    predictions = read_predictions(args.predictions)
-    na_probs = read_na_probs(args.na_probs) if args.na_probs else None
+    if args.model is not None and args.na_probs:
+        raise UserError("with --model the no-answer scores come from the model: drop --na-probs")
+    if args.predictions is not None:
+        predictions = read_predictions(args.predictions)
+        na_probs = read_na_probs(args.na_probs) if args.na_probs else None
     dataset = load_dataset(args.dataset, bad_spans="keep")  # the official scripts ignore answer_start
+    if args.model is not None:
+        answered = predict_examples(args, dataset.examples)
+        predictions = {p.id: p.text for p in answered}
+        na_probs = {p.id: p.null_score_diff for p in answered} if dataset.is_v2 else None
     results = {
         name: evaluate_predictions(dataset, predictions, na_probs, args.na_prob_thresh, normalization=name)
         for name in names
@@ -84,8 +102,10 @@ def run(args: argparse.Namespace) -> None:
             **results[primary],
             "normalization": primary,
             "dataset": args.dataset,
-            "predictions": args.predictions,
+            **({"predictions": args.predictions} if args.model is None else {"model": args.model}),
         }
+        if args.model is not None:
+            report["backend"] = args.backend
         if dataset.is_v2:
             report.update(na_probs=args.na_probs, na_prob_thresh=args.na_prob_thresh)
         if others:

@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tinyroberta_es.data.schema import Example
+    from tinyroberta_es.extraction import Prediction
+    from tinyroberta_es.inference import QuestionAnswerer
 
 HELP = "answer every question of a SQuAD-format dataset and write the predictions (official format)"
 
@@ -22,7 +30,12 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="answer '' when null score - best span score exceeds this (SQuAD v2 models)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument(
+        "--backend",
+        default="pytorch",
+        help="pytorch, pytorch-bf16, onnx or onnx-int8 (the onnx ones need `tinyroberta-es export` first)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_inference_arguments(parser)
 
 
-def answerer_from_args(args: argparse.Namespace):
+def answerer_from_args(args: argparse.Namespace) -> QuestionAnswerer:
     """Build a `QuestionAnswerer` from the shared inference flags, validating them."""
-    import torch
-
     from tinyroberta_es.errors import UserError
     from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 
@@ -51,15 +62,28 @@ def answerer_from_args(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} {value} must be a positive integer")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = InferenceConfig(
         max_length=args.max_length,
         doc_stride=args.doc_stride,
         batch_size=args.batch_size,
         null_threshold=args.null_threshold,
+        backend=args.backend,
+        threads=args.threads,
     )
     return QuestionAnswerer.from_pretrained(args.model, config)
+
+
+def predict_examples(args: argparse.Namespace, examples: Sequence[Example]) -> list[Prediction]:
+    """Answer `examples` with the model and backend the inference flags name; print the speed."""
+    answerer = answerer_from_args(args)
+    t0 = time.perf_counter()
+    predictions = answerer.predict(examples, progress=True)
+    seconds = time.perf_counter() - t0
+    print(
+        f"answered {len(predictions)} questions in {seconds:.1f} s "
+        f"({len(predictions) / max(seconds, 1e-9):.1f} questions/s) with {answerer.runner.name}"
+    )
+    return predictions
 
 
 def run(args: argparse.Namespace) -> None:
@@ -70,15 +94,8 @@ def run(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit} must be a positive integer")
     dataset = load_dataset(args.dataset, bad_spans="keep")
-    examples = dataset.examples[: args.limit]
-    answerer = answerer_from_args(args)
-    t0 = time.perf_counter()
-    predictions = answerer.predict(examples, progress=True)
-    seconds = time.perf_counter() - t0
+    predictions = predict_examples(args, dataset.examples[: args.limit])
     atomic.write_json(args.output, {p.id: p.text for p in predictions})
     if args.na_probs_output:
         atomic.write_json(args.na_probs_output, {p.id: p.null_score_diff for p in predictions})
-    print(
-        f"answered {len(predictions)} questions in {seconds:.1f} s "
-        f"({len(predictions) / max(seconds, 1e-9):.1f} questions/s); wrote {args.output}"
-    )
+    print(f"wrote {args.output}")

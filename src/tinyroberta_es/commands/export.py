@@ -1,0 +1,58 @@
+"""`tinyroberta-es export`: a QA model in ONNX (fused fp32, optionally int8), checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+HELP = "export a QA model to ONNX (fused fp32, optionally int8) and check it against PyTorch on a dev set"
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the `export` flags to `parser`."""
+    parser.add_argument("--model", required=True, help="QA model folder (config, weights, tokenizer)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="folder for the ONNX files (default MODEL/onnx; elsewhere, the tokenizer is copied there too)",
+    )
+    parser.add_argument("--quantize", default=None, metavar="int8", help="also write an int8 model")
+    parser.add_argument(
+        "--per-channel",
+        action="store_true",
+        help="int8 scales per weight column (try it when int8 fails --max-f1-drop)",
+    )
+    parser.add_argument("--no-optimize", action="store_true", help="keep the graph unfused")
+    parser.add_argument("--dev", default="sample", help="dataset of the parity check (default: sample)")
+    parser.add_argument("--dev-limit", type=int, default=None, help="only its first N questions")
+    parser.add_argument("--max-length", type=int, default=384, help="tokens per dev window (default 384)")
+    parser.add_argument("--doc-stride", type=int, default=128, help="tokens shared by windows (default 128)")
+    parser.add_argument(
+        "--max-f1-drop",
+        type=float,
+        default=1.0,
+        help="fail when an ONNX model loses more F1 points than this on --dev (default 1.0)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Export, fuse, quantise, check parity; print the parity table."""
+    from tinyroberta_es.onnx_export import ExportConfig, export_model, format_report
+
+    config = ExportConfig(
+        model=args.model,
+        output=args.output,
+        quantize=args.quantize,
+        per_channel=args.per_channel,
+        optimize=not args.no_optimize,
+        dev=args.dev,
+        dev_limit=args.dev_limit,
+        max_length=args.max_length,
+        doc_stride=args.doc_stride,
+        max_f1_drop=args.max_f1_drop,
+    )
+    report = export_model(config)
+    print(format_report(report))
+    print(f"wrote {config.output_dir}")
