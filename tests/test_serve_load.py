@@ -198,6 +198,8 @@ def test_load_mixed_requests_all_answered_without_server_errors(tmp_path: Path):
             "torch": torch.__version__,
         },
         "client": "httpx.AsyncClient, latency measured per request from send to parsed response",
+        "command": "TINYROBERTA_ES_LOAD_REPORT=benchmarks/results/serve-load.json "
+        "python -m pytest -s tests/test_serve_load.py",
     }
     print(json.dumps(report, indent=2))
     if os.environ.get("TINYROBERTA_ES_LOAD_REPORT"):
