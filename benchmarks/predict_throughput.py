@@ -11,7 +11,6 @@ Runs the same `QuestionAnswerer` that `tinyroberta-es predict` runs, timing each
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
 import time
@@ -21,34 +20,19 @@ import torch
 from transformers import AutoConfig, AutoModelForQuestionAnswering
 
 from tinyroberta_es import __version__, atomic
+from tinyroberta_es.bench import cpu_name
+from tinyroberta_es.config import STUDENT_PRESETS
 from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.extraction import extract_answers
 from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZER = SHARED / "tokenizers" / "roberta-large-bne"
-PAPER_STUDENT = {
-    "num_hidden_layers": 6,
-    "hidden_size": 512,
-    "num_attention_heads": 16,
-    "intermediate_size": 3072,
-}
-
-
-def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_student(folder: Path) -> int:
     """Save a randomly initialised paper student with the teacher's tokenizer; return its parameter count."""
-    config = AutoConfig.from_pretrained(TOKENIZER / "teacher-config.json", **PAPER_STUDENT)
+    config = AutoConfig.from_pretrained(TOKENIZER / "teacher-config.json", **STUDENT_PRESETS["paper"])
     torch.manual_seed(0)
     model = AutoModelForQuestionAnswering.from_config(config)
     model.save_pretrained(folder)

@@ -29,18 +29,14 @@ from transformers import AutoConfig, AutoModelForQuestionAnswering
 from tinyroberta_es import atomic
 from tinyroberta_es.bench import BenchConfig, add_speedups, run_bench
 from tinyroberta_es.commands.bench import markdown
+from tinyroberta_es.config import STUDENT_PRESETS
 from tinyroberta_es.onnx_export import ExportConfig, export_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TOKENIZER = SHARED / "tokenizers" / "roberta-large-bne"
 XQUAD_ES = SHARED / "data" / "xquad_es" / "xquad.es.json"
-PAPER_STUDENT = {
-    "num_hidden_layers": 6,
-    "hidden_size": 512,
-    "num_attention_heads": 16,
-    "intermediate_size": 3072,
-}
+PAPER_STUDENT = STUDENT_PRESETS["paper"]
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

@@ -450,7 +450,7 @@ def machine_info() -> dict[str, Any]:
     from tinyroberta_es import __version__
 
     info = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -475,7 +475,8 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else what platform says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
