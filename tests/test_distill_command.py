@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+from cli_helpers import assert_one_line_error
 from tinyroberta_es.cli import main
 from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
 
@@ -47,14 +48,6 @@ def distill(capsys, teacher: Path, out: Path, *extra: str) -> tuple[int, str, st
     status = main([*argv, "--set", "student.preset=null", *SMOKE, *extra])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
-
-
-def assert_one_line_error(status: int, err: str, *needles: str) -> None:
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_one_stage_distillation_writes_a_trimmed_student(teacher, tmp_path, cache, capsys):

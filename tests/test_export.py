@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import assert_one_line_error, run_cli
 from tinyroberta_es import onnx_export
 from tinyroberta_es.cli import main
 from tinyroberta_es.data.loading import load_dataset
@@ -32,20 +33,6 @@ def tiny_model(root: Path, kind: str, sample) -> Path:
     texts = [ex.context for ex in sample.examples] + [ex.question for ex in sample.examples]
     tokenizer_dir = train_tokenizer(kind, texts, root / "tokenizer", vocab_size=1000)
     return create_tiny_qa_model(root / "model", tokenizer_dir, layers=LAYERS, max_length=128, seed=5)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def assert_one_line_error(status: int, err: str, *needles: str) -> None:
-    assert status == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.fixture(scope="module", params=["bpe", "wordpiece"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyroberta_es.cli import main
+from cli_helpers import assert_one_line_error, run_cli
 from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
@@ -30,21 +30,6 @@ def model_dir(request, tmp_path_factory, sample) -> Path:
     texts = [ex.context for ex in sample.examples] + [ex.question for ex in sample.examples]
     tokenizer_dir = train_tokenizer(request.param, texts, root / "tokenizer", vocab_size=1000)
     return create_tiny_qa_model(root / "model", tokenizer_dir, seed=1)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def assert_one_line_error(status: int, err: str, *needles: str) -> None:
-    assert status == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def test_predict_writes_an_answer_from_the_context_for_every_question(model_dir, sample, tmp_path, capsys):
