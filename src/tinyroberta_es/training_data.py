@@ -62,3 +62,18 @@ def dev_evaluator(model: Any, tokenizer: Any, data: Any, device: Any = None) -> 
         return metrics
 
     return evaluate
+
+
+def training_features(examples: list[Any], tokenizer: Any, data: Any) -> Any:
+    """Windows and labels of `examples` with the window settings of `data` (a `DataConfig`)."""
+    from tinyroberta_es.features import prepare_features
+
+    features = prepare_features(
+        examples,
+        tokenizer,
+        max_length=data.max_length,
+        doc_stride=data.doc_stride,
+        max_query_length=data.max_query_length,
+    )
+    log.info("%d training questions -> %d windows", len(examples), len(features))
+    return features

@@ -69,10 +69,14 @@ def finetune(config: Any) -> dict[str, float]:
     from tinyroberta_es import __version__, atomic
     from tinyroberta_es.config import to_dict
     from tinyroberta_es.errors import UserError
-    from tinyroberta_es.features import prepare_features
     from tinyroberta_es.qa_loss import QALoss
     from tinyroberta_es.train import check_config, read_train_state, resolve_device, train
-    from tinyroberta_es.training_data import DEV_METRICS, dev_evaluator, load_training_examples
+    from tinyroberta_es.training_data import (
+        DEV_METRICS,
+        dev_evaluator,
+        load_training_examples,
+        training_features,
+    )
 
     check_config(config.train)
     resolve_device(config.train.device, config.train.precision)  # fail before any slow work
@@ -93,15 +97,7 @@ def finetune(config: Any) -> dict[str, float]:
     if config.train.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     examples = load_training_examples(config.data)
-    d = config.data
-    features = prepare_features(
-        examples,
-        tokenizer,
-        max_length=d.max_length,
-        doc_stride=d.doc_stride,
-        max_query_length=d.max_query_length,
-    )
-    log.info("%d training questions -> %d windows", len(examples), len(features))
+    features = training_features(examples, tokenizer, config.data)
     if main:
         atomic.write_json(
             output / "run_config.json", {**to_dict(config), "tinyroberta_es_version": __version__}

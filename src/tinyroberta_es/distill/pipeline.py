@@ -28,10 +28,9 @@ def distill(config: DistillConfig) -> dict:
     from tinyroberta_es.distill.mapping import layer_matches, make_projection
     from tinyroberta_es.distill.module import DistillModule
     from tinyroberta_es.distill.student import build_student, count_parameters
-    from tinyroberta_es.features import prepare_features
     from tinyroberta_es.inference import load_qa_model
     from tinyroberta_es.train import read_train_state, resolve_device, train
-    from tinyroberta_es.training_data import dev_evaluator, load_training_examples
+    from tinyroberta_es.training_data import dev_evaluator, load_training_examples, training_features
 
     out = Path(config.output).expanduser()
     done = read_train_state(out)
@@ -73,14 +72,7 @@ def distill(config: DistillConfig) -> dict:
     )
     projection = make_projection(s_cfg.hidden_size, t_cfg.hidden_size) if config.loss.hidden > 0 else None
 
-    d = config.data
-    features = prepare_features(
-        examples,
-        teacher_tokenizer,
-        max_length=d.max_length,
-        doc_stride=d.doc_stride,
-        max_query_length=d.max_query_length,
-    )
+    features = training_features(examples, teacher_tokenizer, config.data)  # the teacher's token ids
     device = resolve_device(config.train.device, config.train.precision)
     cached = None
     if config.cache_teacher_logits and config.loss.kd > 0:
