@@ -1,5 +1,5 @@
 # Quickstart targets. Each one creates or updates the local virtual environment first.
-#   make demo   predict and evaluate the embedded Spanish sample with a tiny model (offline, seconds)
+#   make demo   the whole pipeline on the embedded Spanish sample: tiny teacher, student, ONNX, report (offline, ~4 min)
 #   make test   lint and run the whole test suite
 PYTHON ?= python3
 # A CPU build of torch; an unpinned torch pulls several GB of CUDA wheels. On a GPU machine:
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/tinyroberta-es demo --output runs/demo
+	$(BIN)/tinyroberta-es run recipes/sample.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

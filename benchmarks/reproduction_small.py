@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from tinyroberta_es import atomic
-from tinyroberta_es.config import load_recipe
 from tinyroberta_es.data.loading import load_dataset, save_squad
 from tinyroberta_es.data.split import remove_overlap
 from tinyroberta_es.evaluation import evaluate_predictions
 from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
+from tinyroberta_es.recipe import load_recipe
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SQUAD_ES_SMALL = SHARED / "data" / "squad_es_v1.1_small" / "dev-v1.1-es_small.json"

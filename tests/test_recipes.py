@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tinyroberta_es.config import load_recipe
+from tinyroberta_es.recipe import load_recipe
+from tinyroberta_es.workflow import check_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in ROOT.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts)
 
 
 def test_recipes_are_found():
-    assert {p.name for p in RECIPES} >= {"paper.yaml", "reproduction-small.yaml"}
+    assert {p.name for p in RECIPES} >= {"paper.yaml", "reproduction-small.yaml", "sample.yaml"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -22,6 +23,7 @@ def test_recipe_loads(path: Path):
     assert recipe.finetune is not None or recipe.distill
     names = [d.name for d in recipe.distill]
     assert len(names) == len(set(names)), "student names must be unique"
+    check_recipe(recipe)  # what `tinyroberta-es run` checks before any slow work
 
 
 def test_paper_recipe_is_the_papers_setup():

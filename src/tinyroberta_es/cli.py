@@ -17,6 +17,7 @@ from tinyroberta_es import __version__
 from tinyroberta_es.errors import UserError
 
 COMMANDS = {
+    "run": "tinyroberta_es.commands.run",
     "demo": "tinyroberta_es.commands.demo",
     "predict": "tinyroberta_es.commands.predict",
     "answer": "tinyroberta_es.commands.answer",
@@ -27,6 +28,7 @@ COMMANDS = {
     "export": "tinyroberta_es.commands.export",
     "serve": "tinyroberta_es.commands.serve",
     "bench": "tinyroberta_es.commands.bench",
+    "push": "tinyroberta_es.commands.push",
 }
 
 

@@ -1,9 +1,9 @@
 """Typed run configurations: the `--help` text, the YAML schema and the metadata saved beside every model.
 
-A recipe YAML file has a `finetune` section (a `FinetuneConfig`) and a `distill` list (one
-`DistillConfig` per student). `from_dict` maps plain data onto the dataclasses, checking every key and
-type and naming the offending one; `to_dict` gives the resolved configuration back for `config.json`-style
-records (`run_config.json` beside each model: `config.json` is the model's own).
+A recipe YAML file (`tinyroberta_es.recipe.Recipe`) has a `finetune` section (a `FinetuneConfig`) and a
+`distill` list (one `DistillConfig` per student). `from_dict` maps plain data onto the dataclasses,
+checking every key and type and naming the offending one; `to_dict` gives the resolved configuration back
+for `config.json`-style records (`run_config.json` beside each model: `config.json` is the model's own).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from tinyroberta_es.errors import UserError
@@ -205,14 +204,6 @@ class DistillConfig:
             )
 
 
-@dataclass
-class Recipe:
-    """A recipe file: the teacher's fine-tuning and the students distilled from it."""
-
-    finetune: FinetuneConfig | None = None
-    distill: list[DistillConfig] = field(default_factory=list)
-
-
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     """Build dataclass `cls` from plain data, checking every key and value; errors name `where.key`."""
     if not isinstance(data, dict):
@@ -267,23 +258,6 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a recipe YAML file into a `Recipe`, checking every key."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"recipe {path} does not exist; pass a YAML file such as recipes/sample.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UserError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())}") from None
-    try:
-        return from_dict(Recipe, data or {}, where=path.name)
-    except UserError as err:
-        raise UserError(f"recipe {path}: {err}") from None
-
-
 def apply_overrides(config: T, overrides: list[str]) -> T:
     """Apply `key.sub=value` overrides (values parsed as YAML) to a dataclass config; returns a new one."""
     import yaml
@@ -296,10 +270,26 @@ def apply_overrides(config: T, overrides: list[str]) -> T:
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
+            node = _child(node, part, item)
+            if not isinstance(node, (dict, list)):
                 raise UserError(f"--set {item!r}: {part!r} is not a section of this configuration")
-            node = node[part]
-        if parts[-1] not in node:
-            raise UserError(f"--set {item!r}: unknown key {parts[-1]!r}; choose one of {', '.join(node)}")
-        node[parts[-1]] = yaml.safe_load(raw)
+        last = parts[-1]
+        if isinstance(node, list):
+            _child(node, last, item)  # checks the index
+            node[int(last)] = yaml.safe_load(raw)
+            continue
+        if last not in node:
+            raise UserError(f"--set {item!r}: unknown key {last!r}; choose one of {', '.join(node)}")
+        node[last] = yaml.safe_load(raw)
     return from_dict(type(config), data, where="--set")
+
+
+def _child(node: dict | list, part: str, item: str) -> Any:
+    """`node[part]`: a key of a section, or an index (`distill.0.train.lr`) of a list."""
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise UserError(f"--set {item!r}: {part!r} is not an index of a list of {len(node)} entries")
+        return node[int(part)]
+    if part not in node:
+        raise UserError(f"--set {item!r}: {part!r} is not a section of this configuration")
+    return node[part]

@@ -97,8 +97,12 @@ class ExportConfig:
         return Path(self.output or Path(self.model) / ONNX_DIR).expanduser()
 
 
-def export_model(config: ExportConfig) -> dict[str, Any]:
-    """Export, fuse, quantise and check `config.model`; returns the parity report written to parity.json."""
+def export_model(config: ExportConfig, strict: bool = True) -> dict[str, Any]:
+    """Export, fuse, quantise and check `config.model`; returns the parity report written to parity.json.
+
+    A variant over the F1 budget is kept as `*.rejected.onnx` and named in `report["rejected"]`; with
+    `strict` (the `export` command) that is an error, without it (`run`) the caller reports it.
+    """
     from tinyroberta_es.inference import load_qa_model
 
     config.validate()
@@ -131,7 +135,7 @@ def export_model(config: ExportConfig) -> dict[str, Any]:
             set_metadata(path, metadata)
         report = parity_report(model, tokenizer, variants, config)
         rejected = over_budget(report, config.max_f1_drop)
-        report.update(fused_ops=fused_ops, input_names=list(input_names), params=params)
+        report.update(fused_ops=fused_ops, input_names=list(input_names), params=params, rejected=rejected)
         for backend, path in variants.items():
             name = path.name.replace(".onnx", ".rejected.onnx") if backend in rejected else path.name
             publish(path, out / name)
@@ -142,7 +146,7 @@ def export_model(config: ExportConfig) -> dict[str, Any]:
         copy_tokenizer_files(Path(config.model).expanduser(), out)
     atomic.write_json(out / "parity.json", report)
     atomic.write_json(out / "export.json", {**asdict(config), **versions()})
-    if rejected:
+    if rejected and strict:
         worst = ", ".join(f"{b} loses {report['variants'][b]['f1_drop']:.2f} F1" for b in rejected)
         raise UserError(
             f"{worst} on {config.dev} (budget --max-f1-drop {config.max_f1_drop}); kept as *.rejected.onnx "

@@ -35,8 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace):
     """The `DistillConfig` from the recipe (or defaults), the direct flags, then `--set` overrides."""
-    from tinyroberta_es.config import DistillConfig, apply_overrides, load_recipe
+    from tinyroberta_es.config import DistillConfig, apply_overrides
     from tinyroberta_es.errors import UserError
+    from tinyroberta_es.recipe import load_recipe
 
     config = DistillConfig()
     if args.config:

@@ -42,8 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace) -> Any:
     """The `FinetuneConfig` of the defaults or --config, then the direct flags, then --set."""
-    from tinyroberta_es.config import FinetuneConfig, apply_overrides, load_recipe
+    from tinyroberta_es.config import FinetuneConfig, apply_overrides
     from tinyroberta_es.errors import UserError
+    from tinyroberta_es.recipe import load_recipe
 
     config = FinetuneConfig()
     if args.config:

@@ -7,6 +7,7 @@ dataset back as SQuAD JSON. Positions in messages are 0-based, like `data[3].par
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
@@ -17,7 +18,7 @@ from typing import Any
 
 from tinyroberta_es.atomic import atomic_path
 from tinyroberta_es.data.schema import Answer, Example, LoadReport, QADataset
-from tinyroberta_es.data.sources import DatasetSource, resolve_source
+from tinyroberta_es.data.sources import DatasetSource, named_source, resolve_source
 from tinyroberta_es.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,14 @@ def load_dataset(
     check_bad_spans(bad_spans)
     path = resolve_source(source, registry=registry)
     label = str(path) if str(source) == str(path) else f"{source} ({path})"
-    return parse_squad(read_json(path, label), label, bad_spans=bad_spans)
+    dataset = parse_squad(read_json(path, label), label, bad_spans=bad_spans)
+    entry = named_source(source, registry)
+    if entry is not None and entry.articles is not None:
+        start, stop = entry.articles
+        kept = [ex for ex in dataset.examples if start <= ex.article_index < stop]
+        dataset = dataclasses.replace(dataset, examples=kept)
+        log.info("%s: articles %d to %d of that file, %d questions", entry.name, start, stop - 1, len(kept))
+    return dataset
 
 
 def check_bad_spans(bad_spans: str) -> None:

@@ -48,6 +48,7 @@ class DatasetSource:
     sha256: str | None = None  # of the downloaded file (the archive, for a zip member), where known
     member: str | None = None  # path of the SQuAD file inside the zip archive at `url`
     resource: str | None = None  # path of a file shipped inside the tinyroberta_es package
+    articles: tuple[int, int] | None = None  # only articles start..stop-1 of the file (a named split)
 
     def __post_init__(self) -> None:
         if bool(self.url) == bool(self.resource):
@@ -122,6 +123,19 @@ _SOURCES = (
         "a few Spanish questions shipped with the package, for demos and smoke tests",
         resource="resources/sample_es.json",
     ),
+    # A held-out split of the sample by article, so the offline recipe never scores its training questions.
+    DatasetSource(
+        "sample_train",
+        "the sample's first 11 articles (220 questions, 44 unanswerable): training in recipes/sample.yaml",
+        resource="resources/sample_es.json",
+        articles=(0, 11),
+    ),
+    DatasetSource(
+        "sample_dev",
+        "the sample's last 3 articles (60 questions, 12 unanswerable): evaluation in recipes/sample.yaml",
+        resource="resources/sample_es.json",
+        articles=(11, 14),
+    ),
 )
 DATASETS: dict[str, DatasetSource] = {source.name: source for source in _SOURCES}
 """Named datasets: plain data; pass another mapping as `registry` to add names or point them elsewhere."""
@@ -130,6 +144,17 @@ DATASETS: dict[str, DatasetSource] = {source.name: source for source in _SOURCES
 def normalize_name(name: str) -> str:
     """Registry key for a user-typed name: case-insensitive, `-` accepted for `_`."""
     return name.strip().lower().replace("-", "_")
+
+
+def named_source(
+    source: str | Path, registry: Mapping[str, DatasetSource] | None = None
+) -> DatasetSource | None:
+    """The registry entry that `source` names, or None for paths and URLs (an existing path wins)."""
+    text = str(source).strip()
+    if not text or Path(text).expanduser().exists():
+        return None
+    table = {normalize_name(k): v for k, v in (DATASETS if registry is None else registry).items()}
+    return table.get(normalize_name(text))
 
 
 def cache_dir() -> Path:
@@ -153,7 +178,7 @@ def resolve_source(source: str | Path, *, registry: Mapping[str, DatasetSource] 
         return path
     if text.lower().startswith(("http://", "https://")):
         return fetch_url(text)
-    entry = {normalize_name(k): v for k, v in registry.items()}.get(normalize_name(text))
+    entry = named_source(text, registry)
     if entry is not None:
         return fetch_dataset(entry)
     names = ", ".join(registry)

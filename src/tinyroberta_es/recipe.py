@@ -1,0 +1,157 @@
+"""A recipe: everything `tinyroberta-es run` does, from a teacher and a dataset to a documented student.
+
+One YAML file maps onto `Recipe`. The training sections are the configs of `finetune` and `distill`
+(`tinyroberta_es.config`); the sections here say how the run builds its starting encoder (`build`, for the
+offline sample), which models it evaluates and benchmarks, how it exports students and what their model
+cards say. `load_recipe` checks every key and names the offending one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinyroberta_es.config import (
+    DistillConfig,
+    FinetuneConfig,
+    check_choice,
+    check_positive,
+    from_dict,
+)
+from tinyroberta_es.errors import UserError
+
+BACKENDS = ("pytorch", "pytorch-bf16", "onnx", "onnx-int8")
+
+
+@dataclass
+class BuildSection:
+    """A tiny randomly initialised encoder and its tokenizer, built offline (the sample recipe's teacher)."""
+
+    output: str = "runs/sample/encoder"  # model folder; `finetune.model` points here
+    tokenizer: str = "bpe"  # bpe (RoBERTa-like, as the paper's teacher), wordpiece or unigram
+    vocab_size: int = 2000  # trained on the built-in Spanish sentences and the embedded sample
+    layers: int = 4
+    hidden_size: int = 128
+    heads: int = 4
+    intermediate_size: int = 512
+    max_length: int = 512  # position embeddings
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("build.tokenizer", self.tokenizer, ("bpe", "wordpiece", "unigram"))
+        for name in ("vocab_size", "layers", "hidden_size", "heads", "intermediate_size", "max_length"):
+            check_positive(f"build.{name}", getattr(self, name))
+
+
+@dataclass
+class EvaluateSection:
+    """Which held-out sets every model answers; scored under `mlqa-es` (primary) and `squad`."""
+
+    datasets: list[str] = field(default_factory=lambda: ["squad_es_v1.1_dev"])
+    limit: int | None = None  # first N questions of each set (smoke runs)
+    max_length: int = 384
+    doc_stride: int = 128
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise UserError("evaluate.datasets is empty: name at least one dev set, e.g. xquad_es")
+        for name in ("limit", "max_length", "batch_size"):
+            check_positive(f"evaluate.{name}", getattr(self, name))
+
+
+@dataclass
+class ExportSection:
+    """How students become ONNX files (`tinyroberta-es export`), beside each student in `onnx/`."""
+
+    quantize: str | None = "int8"  # int8 or null
+    per_channel: bool = True  # per-tensor int8 lost 4.9 F1 on a fine-tuned me5-small, per-channel 0.5
+    max_f1_drop: float = 1.0  # a variant that loses more F1 on `dev` is kept as *.rejected.onnx, unused
+    dev: str | None = None  # parity set; default: the first evaluation set
+    dev_limit: int | None = 300
+
+    def __post_init__(self) -> None:
+        if self.quantize is not None:
+            check_choice("export.quantize", self.quantize, ("int8",))
+        check_positive("export.max_f1_drop", self.max_f1_drop, zero_ok=True)
+        check_positive("export.dev_limit", self.dev_limit)
+
+
+@dataclass
+class BenchSection:
+    """How every model is timed on every backend (`tinyroberta-es bench`)."""
+
+    dataset: str = "xquad_es"  # real questions for the end-to-end latency
+    questions: int = 100
+    batch_size: int = 32
+    seq_len: int = 384
+    threads: int | None = None
+    repeats: int = 20
+    budget_s: float = 20.0  # per timed series, once it has 3 calls
+
+    def __post_init__(self) -> None:
+        for name in ("questions", "batch_size", "seq_len", "threads", "repeats", "budget_s"):
+            check_positive(f"bench.{name}", getattr(self, name))
+
+
+@dataclass
+class CardSection:
+    """What the model cards say beyond what the run measured."""
+
+    license: str = "apache-2.0"
+    teacher_license: str | None = None  # shown beside the teacher's name when it differs
+    datasets: list[str] = field(default_factory=list)  # Hub ids for the metadata, e.g. ccasimiro/squad_es
+    repo_id: str | None = None  # where `tinyroberta-es push` uploads a student by default (user/name)
+    limitations: list[str] = field(default_factory=list)  # added to the card's generic limitations
+
+
+@dataclass
+class Recipe:
+    """A recipe file: the teacher (built, fine-tuned or given), its students, and what the run measures."""
+
+    name: str = "run"
+    output: str = "runs/run"  # stage records, evaluation, benchmark, report
+    build: BuildSection | None = None
+    teacher: str | None = None  # an already fine-tuned QA teacher (folder or Hub id), instead of `finetune`
+    finetune: FinetuneConfig | None = None
+    distill: list[DistillConfig] = field(default_factory=list)
+    backends: list[str] = field(default_factory=lambda: ["pytorch", "onnx", "onnx-int8"])
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    bench: BenchSection = field(default_factory=BenchSection)
+    card: CardSection = field(default_factory=CardSection)
+
+    def __post_init__(self) -> None:
+        for backend in self.backends:
+            check_choice("backends entry", backend, BACKENDS)
+        names = [d.name for d in self.distill]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(f"distill names must differ; {', '.join(twice)} appears more than once")
+
+    @property
+    def teacher_folder(self) -> str | None:
+        """The teacher every student learns from: `finetune.output`, else `teacher`."""
+        return self.finetune.output if self.finetune is not None else self.teacher
+
+    def models(self) -> dict[str, str]:
+        """Every model of the run by name, the teacher first: name -> folder (as the students read it)."""
+        teacher = self.distill[0].teacher if self.distill else self.teacher_folder
+        return {"teacher": teacher} | {s.name: s.output for s in self.distill}
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe YAML file into a `Recipe`, checking every key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path} does not exist; pass a YAML file such as recipes/sample.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    try:
+        return from_dict(Recipe, data or {}, where=path.name)
+    except UserError as err:
+        raise UserError(f"recipe {path}: {err}") from None

@@ -1,0 +1,389 @@
+"""The report of a `tinyroberta-es run`: `report.md`, a self-contained `report.html` and two plots.
+
+The input is the run's `summary.json` as a plain dict. Every table is built once as data (`accuracy_rows`,
+`speed_rows`, `export_rows`), the report once as a list of blocks, and the blocks are rendered twice:
+markdown (plots by relative path) and HTML (inline CSS, plots as base64 data URIs, every summary string
+escaped), so both files always say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinyroberta_es import atomic
+
+log = logging.getLogger(__name__)
+
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:80rem;margin:2rem auto;padding:0 1rem;color:#222}"
+    "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}"
+    "th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}"
+    "th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
+    "pre{background:#f6f6f6;padding:1rem;overflow:auto}img{max-width:100%}"
+)
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+    code: str = ""  # shown after `text` as inline code (a command)
+
+
+@dataclass(frozen=True)
+class Table:
+    rows: list[dict[str, str]]  # one dict per row, column name -> formatted cell
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+    alt: str
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+
+
+ACCURACY_NOTE = (
+    "EM and F1 under {primary} normalisation first; % of teacher F1: this F1 over the F1 of the teacher's "
+    "pytorch row on the same dataset."
+)
+NO_EVALUATION = "No evaluation rows: the evaluation stage was not run."
+NO_CURVES = "No training curves: no model has a metrics log with rows."
+NO_SCATTER = "No F1-latency plot: the benchmark was not run or no benchmarked row has an F1."
+Block = Heading | Para | Table | Image | Code
+
+
+def write_report(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write report.md, report.html (self-contained) and the plots into out_dir; return the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves, scatter = out_dir / "training_curves.png", out_dir / "f1_latency.png"
+    drawn = {curves: plot_training_curves(summary, curves), scatter: plot_f1_latency(summary, scatter)}
+    for path in (p for p, ok in drawn.items() if not ok):
+        path.unlink(missing_ok=True)  # left by an earlier report in this folder: report.md would not use it
+    doc = blocks(summary, *(p if ok else None for p, ok in drawn.items()))
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    atomic.write_text(md, render_markdown(doc))
+    atomic.write_text(page, render_html(doc, f"{summary.get('name', 'run')}: distillation report"))
+    log.info("wrote the report of %s into %s", summary.get("name"), out_dir)
+    return [md, page, *(p for p, ok in drawn.items() if ok)]
+
+
+def blocks(summary: dict[str, Any], curves: Path | None, scatter: Path | None) -> list[Block]:
+    """The whole report, in order; `curves`/`scatter` are the plots drawn (None: say why there is none)."""
+    versions = ", ".join(f"{k} {v}" for k, v in (summary.get("versions") or {}).items()) or "unknown versions"
+    acc, exports = accuracy_rows(summary), export_rows(summary)
+    primary = (summary.get("evaluation") or {}).get("primary")
+    doc: list[Block] = [
+        Heading(f"{summary.get('name', 'run')}: distillation report", 1),
+        Para(f"Created {summary.get('created', '?')} with {versions} by", summary["command"]),
+        Heading("Accuracy"),
+        *([Table(acc), Para(ACCURACY_NOTE.format(primary=primary))] if acc else [Para(NO_EVALUATION)]),
+        Heading("Size and speed"),
+        *speed_blocks(summary),
+        Heading("Export"),
+        Table(exports) if exports else Para("No student was exported to ONNX."),
+        Heading("Plots"),
+    ]
+    doc.append(Image(curves, "training curves") if curves else Para(NO_CURVES))
+    doc.append(Image(scatter, "F1 against latency") if scatter else Para(NO_SCATTER))
+    recipe = summary.get("recipe")
+    text = yaml_text(recipe) if recipe else "# no recipe recorded\n"
+    doc += [Heading("Recipe"), Code(text), Heading("How to reproduce"), Para("Run", summary["command"])]
+    return doc
+
+
+def speed_blocks(summary: dict[str, Any]) -> list[Block]:
+    """The speed table, the benchmark's protocol and every skipped row (bench and evaluation)."""
+    bench = summary.get("bench")
+    out: list[Block] = []
+    skipped = [{"stage": "benchmark", **s} for s in (bench or {}).get("skipped") or []]
+    skipped += [{"stage": "evaluation", **s} for s in summary.get("skipped") or []]
+    if not bench:
+        out.append(Para("The benchmark was not run (no bench stage in this run)."))
+    else:
+        cfg, machine = bench.get("config", {}), bench.get("machine", {})
+        rows = speed_rows(summary)
+        out.append(Table(rows) if rows else Para("The benchmark measured no row."))
+        threads = machine.get("torch_threads", cfg.get("threads"))
+        out.append(Para(
+            f"Device: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {threads} threads. "
+            f"Batch {cfg.get('batch_size')}, {cfg.get('seq_len')} tokens per fixed-length window, "
+            f"{cfg.get('questions')} questions of {cfg.get('dataset')}; speedups against the first row."
+        ))  # fmt: skip
+    if skipped:
+        cols = ("stage", "model", "backend", "reason")
+        out += [Para("Skipped:"), Table([{c: str(s.get(c, "")) for c in cols} for s in skipped])]
+    return out
+
+
+def yaml_text(data: Any) -> str:
+    """`data` as block YAML, keys in their order, non-ASCII kept."""
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per evaluation row: scores under every normalisation (primary first) and teacher retention."""
+    evaluation = summary.get("evaluation") or {}
+    primary = evaluation.get("primary")
+    norms = [primary, *(n for n in evaluation.get("normalizations", []) if n != primary)]
+    roles = {m["name"]: m.get("role", "") for m in summary.get("models", [])}
+    teacher = summary.get("teacher")
+    out = []
+    for r in evaluation.get("rows") or []:
+        row = {"model": r["model"], "role": roles.get(r["model"], ""), "backend": r["backend"],
+               "dataset": r["dataset"], "questions": str(r.get("questions", ""))}  # fmt: skip
+        for norm in norms:
+            scores = r.get("scores", {}).get(norm, {})
+            row[f"EM {norm}"] = _num(scores.get("exact_match"), 2)
+            row[f"F1 {norm}"] = _num(scores.get("f1"), 2)
+        f1, base = _f1(r, primary), f1_of(summary, teacher, "pytorch", r["dataset"])
+        keep = r["model"] != teacher and f1 is not None and base
+        row["% of teacher F1"] = f"{100 * f1 / base:.1f}" if keep else ""
+        out.append(row)
+    return out
+
+
+def speed_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per benchmark row: size, latency, throughput, speedups and the row's F1."""
+    bench = summary.get("bench") or {}
+    cfg = bench.get("config", {})
+    batch = cfg.get("batch_size", "?")
+    dataset = first_dataset(summary)
+    out = []
+    for r in bench.get("rows") or []:
+        e2e, speedup = r["latency_b1"], r["speedup_vs_first"]
+        params, size = r.get("params"), r.get("weights_bytes")
+        seq = r.get("seq_len", cfg.get("seq_len", "?"))
+        f1 = f1_of(summary, r["model"], r["backend"], dataset)
+        out.append({
+            "model": r["model"], "backend": r["backend"], "dtype": r.get("dtype", ""),
+            "params (M)": _num(params and params / 1e6, 2), "size MB": _num(size and size / 1e6, 1),
+            "e2e b1 p50 / p90 / p99 ms": f"{e2e['p50']:.1f} / {e2e['p90']:.1f} / {e2e['p99']:.1f}",
+            f"{seq} tok b1 ms": _num(r.get("fixed_ms_b1"), 1),
+            f"questions/s @{batch}": _num(r.get("throughput"), 1),
+            f"speedup {seq} tok": f"{speedup['fixed_b1']:.1f}x",
+            "speedup e2e": f"{speedup['latency_b1']:.1f}x",
+            f"F1 {dataset or ''}".strip(): _num(f1, 2),
+        })  # fmt: skip
+    return out
+
+
+def export_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per export variant of every exported student; variants over the F1 budget marked rejected."""
+    out = []
+    for model in summary.get("models", []):
+        export = model.get("export")
+        for variant, v in ((export or {}).get("variants") or {}).items():
+            status = "rejected" if variant in export.get("rejected", []) else "kept"
+            out.append({
+                "model": model["name"], "variant": variant, "file": v.get("file", ""),
+                "F1": _num(v.get("f1"), 2), "F1 drop": _num(v.get("f1_drop"), 2),
+                "dev": export.get("dev", ""), "F1 drop budget": _num(export.get("max_f1_drop"), 2),
+                "max |Δ| start": _num(v.get("max_abs_diff_start"), "e"),
+                "max |Δ| end": _num(v.get("max_abs_diff_end"), "e"),
+                "same answers": _num(v.get("same_answers") and 100 * v["same_answers"], 1, "%"),
+                "status": "reference" if variant == "pytorch" else status,
+            })  # fmt: skip
+    return out
+
+
+def f1_of(summary: dict[str, Any], model: str | None, backend: str, dataset: str | None) -> float | None:
+    """The primary-normalisation F1 of (model, backend) on `dataset`, None when there is no such row."""
+    evaluation = summary.get("evaluation") or {}
+    for r in evaluation.get("rows") or []:
+        if (r["model"], r["backend"], r["dataset"]) == (model, backend, dataset):
+            return _f1(r, evaluation.get("primary"))
+    return None
+
+
+def first_dataset(summary: dict[str, Any]) -> str | None:
+    """The first evaluation dataset: the one the speed table and the F1-latency plot take F1 from."""
+    return ((summary.get("evaluation") or {}).get("datasets") or [None])[0]
+
+
+def _f1(row: dict[str, Any], norm: str | None) -> float | None:
+    return row.get("scores", {}).get(norm, {}).get("f1")
+
+
+def _num(value: float | None, digits: int | str, suffix: str = "") -> str:
+    """`value` with `digits` decimals ("e": scientific); "-" for a missing value."""
+    if value is None:
+        return "-"
+    return f"{value:.2e}" if digits == "e" else f"{value:.{digits}f}{suffix}"
+
+
+def read_metrics_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl, skipping lines that do not parse (a killed run can cut the last one)."""
+    rows = []
+    # errors="replace": a kill can also cut a UTF-8 character in two; that line then fails to parse
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int | float):
+            rows.append(row)
+    return rows
+
+
+def training_curves(summary: dict[str, Any]) -> dict[str, tuple[list[tuple[float, float]], ...]]:
+    """Per model with a metrics log on disk: ([(step, train loss)], [(step, dev F1)]), empty logs left out."""
+    curves = {}
+    for m in summary.get("models", []):
+        path = Path(m["metrics_log"]) if m.get("metrics_log") else None
+        if path is None or not path.is_file():
+            continue
+        rows = read_metrics_log(path)
+        loss = [(r["step"], r["loss"]) for r in rows if "eval" not in r and "loss" in r]
+        evals = [r for r in rows if isinstance(r.get("eval"), dict) and "f1" in r["eval"]]
+        f1 = [(r["step"], r["eval"]["f1"]) for r in evals]
+        if loss or f1:
+            curves[m["name"]] = (loss, f1)
+    return curves
+
+
+def plot_training_curves(summary: dict[str, Any], path: Path) -> bool:
+    """Training loss and dev F1 against step, one line per model; False (nothing written) without curves."""
+    curves = training_curves(summary)
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, (loss, f1) in curves.items():
+        if loss:
+            ax_loss.plot(*zip(*loss, strict=True), label=_label(name))
+        if f1:
+            ax_f1.plot(*zip(*f1, strict=True), marker="o", label=_label(name))
+    for ax, what in ((ax_loss, "training loss"), (ax_f1, "dev F1")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(what)
+        ax.set_title(f"{what} against step")
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def plot_f1_latency(summary: dict[str, Any], path: Path) -> bool:
+    """F1 (first dataset, primary normalisation) against batch-1 latency per benchmark row; False if none."""
+    dataset, teacher = first_dataset(summary), summary.get("teacher")
+    rows = (summary.get("bench") or {}).get("rows") or []
+    scored = [(r, f1_of(summary, r["model"], r["backend"], dataset)) for r in rows]
+    points = [(r["latency_ms_b1"], f1, r["model"], r["backend"]) for r, f1 in scored if f1 is not None]
+    if not points:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for x, y, model, backend in points:
+        star = model == teacher  # the teacher stands out: a big red star
+        ax.scatter(
+            x, y, s=160 if star else 40, marker="*" if star else "o", c="crimson" if star else "tab:blue"
+        )
+        label = _label(f"{model} {backend}" + (" (teacher)" if star else ""))
+        ax.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plt.LogFormatter())  # 1, 10 ms rather than 10^0, 10^1
+    ax.xaxis.set_minor_formatter(plt.LogFormatter())  # 2, 3 ... labelled when the span is short
+    ax.set_xlabel("latency, batch 1, end to end (ms, median, log scale)")
+    ax.set_ylabel(f"F1 on {dataset}")
+    ax.set_title("F1 against latency")
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        from tinyroberta_es.errors import UserError
+
+        raise UserError("the report's plots need matplotlib: pip install 'tinyroberta-es[bench]'") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(text: str) -> str:
+    return text.replace("$", r"\$")  # a name with two $ would otherwise be parsed as mathtext
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")  # "tight": labels past the axes too
+    plt.close(fig)
+
+
+def render_markdown(doc: list[Block]) -> str:
+    """The blocks as markdown; images by their file name, next to report.md."""
+    out = []
+    for b in doc:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, Para):
+            out.append(f"{b.text} `{b.code}`" if b.code else b.text)
+        elif isinstance(b, Table):
+            out.append(_markdown_table(list(b.rows[0]), b.rows))
+        elif isinstance(b, Image):
+            out.append(f"![{b.alt}]({b.path.name})")
+        else:
+            fence = "````" if "```" in b.text else "```"
+            out.append(f"{fence}yaml\n{b.text.rstrip()}\n{fence}")
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(doc: list[Block], title: str) -> str:
+    """The blocks as one self-contained HTML page: inline CSS, images as data URIs, all text escaped."""
+    e = html.escape
+    out = []
+    for b in doc:
+        if isinstance(b, Heading):
+            out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            out.append(f"<p>{e(b.text)}" + (f" <code>{e(b.code)}</code>" if b.code else "") + "</p>")
+        elif isinstance(b, Table):
+            out.append(_html_table(list(b.rows[0]), b.rows))
+        elif isinstance(b, Image):
+            data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+            out.append(f'<p><img alt="{e(b.alt)}" src="data:image/png;base64,{data}"></p>')
+        else:
+            out.append(f"<pre>{e(b.text)}</pre>")
+    head, body = f'<meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style>', "\n".join(out)
+    return f'<!doctype html>\n<html lang="en"><head>{head}</head>\n<body>\n{body}\n</body></html>\n'
+
+
+def _markdown_table(header: list[str], rows: list[dict[str, str]]) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", r"\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(r.get(h, "")) for h in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[dict[str, str]]) -> str:
+    def tr(tag: str, cells: list[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
+
+    body = "".join(tr("td", [r.get(h, "") for h in header]) for r in rows)
+    return f"<table><thead>{tr('th', header)}</thead><tbody>{body}</tbody></table>"

@@ -1,0 +1,102 @@
+"""`summary.json`: everything a run's report and model cards show, gathered from the run folder.
+
+The schema: `name`, `command`, `created`, `versions`, `recipe` (resolved), `teacher` (its name), `models`
+(name, role, folder, params, source, metrics_log, config, export: the parity report of its ONNX files),
+`evaluation` (datasets, normalizations, primary, rows of model x backend x dataset with `scores` per
+normalisation), `bench` (what `tinyroberta_es.bench.run_bench` returns, rows named as in the recipe, or
+None before the bench stage) and `skipped` (evaluations that could not run, with the reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyroberta_es import __version__
+from tinyroberta_es.commands.evaluate import DEFAULT_NORMALIZATIONS
+from tinyroberta_es.config import to_dict
+from tinyroberta_es.recipe import Recipe
+from tinyroberta_es.stages import StageRecords
+
+
+def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
+    """Everything the report and the model cards show, from the run folder (see report.py for the schema)."""
+    records = StageRecords(out)
+    evaluation = (records.read("evaluate") or {}).get("result") or {"rows": [], "skipped": []}
+    bench_file = out / "bench" / "bench.json"
+    bench = json.loads(bench_file.read_text(encoding="utf-8")) if records.read("bench") else None
+    entries = []
+    for name, folder in recipe.models().items():
+        config = next((to_dict(s) for s in recipe.distill if s.name == name), None)
+        if config is None and recipe.finetune is not None:
+            config = to_dict(recipe.finetune)
+        log_file = Path(folder) / "metrics.jsonl"
+        parity = Path(folder) / "onnx" / "parity.json"
+        export = None
+        if name != "teacher" and parity.is_file():
+            p = json.loads(parity.read_text(encoding="utf-8"))
+            export = {
+                "folder": str(parity.parent),
+                "dev": p["dev"],
+                "per_channel": recipe.export.per_channel,
+                "rejected": p.get("rejected", []),
+                "max_f1_drop": p["max_f1_drop"],
+                "variants": p["variants"],
+            }
+        source = recipe.finetune.model if name == "teacher" and recipe.finetune else recipe.teacher
+        entries.append(
+            {
+                "name": name,
+                "role": "teacher" if name == "teacher" else "student",
+                "folder": folder,
+                "params": _params(folder),
+                "source": source if name == "teacher" else recipe.distill[0].teacher,
+                "metrics_log": str(log_file) if log_file.is_file() else None,
+                "config": config,
+                "export": export,
+            }
+        )
+    return {
+        "name": recipe.name,
+        "command": command,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "recipe": to_dict(recipe),
+        "teacher": "teacher",
+        "models": entries,
+        "evaluation": {
+            "datasets": recipe.evaluate.datasets,
+            "normalizations": list(DEFAULT_NORMALIZATIONS),
+            "primary": DEFAULT_NORMALIZATIONS[0],
+            "rows": evaluation["rows"],
+        },
+        "bench": bench,
+        "skipped": evaluation["skipped"],
+    }
+
+
+def _params(folder: str) -> int | None:
+    """Parameters counted from the safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    files = list(Path(folder).expanduser().glob("*.safetensors"))
+    total = 0
+    for path in files:
+        with safe_open(path, framework="np") as f:
+            total += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118
+    return total if files else None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"tinyroberta_es": __version__}
+    for package in ("torch", "transformers", "onnxruntime"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[package] = md.version(package)
+    return out

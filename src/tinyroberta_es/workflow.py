@@ -1,0 +1,388 @@
+"""`run_recipe`: a recipe from its teacher to documented, exported, measured students, as stages.
+
+    build      (recipes with a `build` section) a tiny encoder and tokenizer, made offline
+    teacher    fine-tune `finetune.model` (`finetune`), or check and fetch the given QA `teacher`
+    distill-*  one stage per student (`distill`)
+    export-*   each student to ONNX fp32 and int8, with its parity check (`export`)
+    evaluate   every model on every backend and every `evaluate.datasets` set, under mlqa-es and squad
+    bench      every model on every backend (`bench`)
+    report     summary.json, the report folder (report.md, report.html, plots) and each student's model card
+
+Each stage is the code of the command of the same name, called as a function; `stages.StageRecords`
+skips finished stages and resumes interrupted ones. Files of the run folder (`recipe.output`):
+`recipe.yaml` (the resolved recipe), `stages/*.json`, `evaluation/*.json` (one per model, backend and set,
+with the predictions), `bench/bench.{json,md,png}`, `summary.json` and `report/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from tinyroberta_es import atomic
+from tinyroberta_es.commands.evaluate import DEFAULT_NORMALIZATIONS
+from tinyroberta_es.config import to_dict
+from tinyroberta_es.errors import UserError
+from tinyroberta_es.recipe import Recipe
+from tinyroberta_es.stages import Stage, StageRecords
+
+log = logging.getLogger(__name__)
+
+
+def run_recipe(recipe: Recipe, command: str = "", only: list[str] | None = None) -> Path:
+    """Run (or resume) every stage of `recipe`; returns the report folder."""
+    recipe = check_recipe(recipe)
+    out = Path(recipe.output).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "recipe.yaml", _yaml(to_dict(recipe)))
+    records = StageRecords(out)
+    stages = plan(recipe, out, command)
+    names = [s.name for s in stages]
+    unknown = [n for n in only or [] if n not in names and not any(s.startswith(f"{n}-") for s in names)]
+    if unknown:
+        raise UserError(f"unknown stage {unknown[0]!r}: choose from {', '.join(names)}")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and recipe.build is not None and records.read("build") is None:
+        raise UserError(
+            "under torchrun the processes share the training stages only: build the encoder first with "
+            f"tinyroberta-es run {command.split()[2] if command else 'RECIPE'} --stages build"
+        )
+    for stage in stages:
+        if only and not any(stage.name == n or stage.name.startswith(f"{n}-") for n in only):
+            continue
+        if world > 1 and not stage.trains and (rank != 0 or stage.name == "build"):
+            continue  # under torchrun every process trains; rank 0 alone exports, measures and reports
+        records.run(stage, write=rank == 0)
+    return out / "report"
+
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """Catch what would fail late (a wrong teacher, a missing section) before any slow work."""
+    if recipe.finetune is not None and recipe.teacher is not None:
+        raise UserError(
+            "the recipe has both `finetune` and `teacher`: keep one (train a teacher, or give one)"
+        )
+    if recipe.teacher_folder is None:
+        raise UserError("the recipe has no teacher: add a `finetune` section or `teacher: FOLDER_OR_HUB_ID`")
+    if not recipe.distill:
+        raise UserError("the recipe has no students: add a `distill` list with at least one entry")
+    if recipe.build is not None and (recipe.finetune is None or recipe.finetune.model != recipe.build.output):
+        raise UserError(
+            f"build.output {recipe.build.output} is not what finetune.model fine-tunes: make them equal"
+        )
+    teacher = _local_teacher(recipe)
+    students = []
+    for i, student in enumerate(recipe.distill):
+        if student.teacher != recipe.teacher_folder:
+            raise UserError(
+                f"distill[{i}] ({student.name}) learns from {student.teacher}, but the run's teacher is "
+                f"{recipe.teacher_folder}: set its teacher to {recipe.teacher_folder}"
+            )
+        students.append(dataclasses.replace(student, teacher=teacher))
+    return dataclasses.replace(recipe, distill=students)
+
+
+def _local_teacher(recipe: Recipe) -> str:
+    """The folder the students read the teacher from: a given Hub teacher is saved under the run folder."""
+    given = recipe.teacher
+    if given is None or Path(given).expanduser().is_dir():
+        return str(recipe.teacher_folder)
+    return str(Path(recipe.output) / "teacher")
+
+
+def plan(recipe: Recipe, out: Path, command: str) -> list[Stage]:
+    """The stages of `recipe` in order, each with its settings and its work."""
+    teacher = recipe.distill[0].teacher
+    stages = []
+    if recipe.build is not None:
+        build = recipe.build
+        stages.append(Stage("build", to_dict(build), lambda: build_encoder(recipe), outputs=[build.output]))
+    teacher_settings = to_dict(recipe.finetune) if recipe.finetune else {"teacher": recipe.teacher}
+    stages.append(
+        Stage(
+            "teacher",
+            teacher_settings,
+            lambda: prepare_teacher(recipe, teacher),
+            after=["build"] if recipe.build else [],
+            trains=recipe.finetune is not None,
+            outputs=[teacher],
+        )
+    )
+    for student in recipe.distill:
+        stages.append(
+            Stage(
+                f"distill-{student.name}",
+                to_dict(student),
+                lambda s=student: _distill(s),
+                after=["teacher"],
+                trains=True,
+                outputs=[student.output],
+            )
+        )
+    export = recipe.export
+    exported = {"onnx", "onnx-int8"} & set(recipe.backends)
+    for student in recipe.distill if exported else []:
+        settings = {**to_dict(export), "int8": "onnx-int8" in recipe.backends, **_windows(recipe)}
+        stages.append(
+            Stage(
+                f"export-{student.name}",
+                settings,
+                lambda s=student: export_student(recipe, s.output),
+                after=[f"distill-{student.name}"],
+            )
+        )
+    trained = [s.name for s in stages if s.name != "build"]
+    stages.append(
+        Stage(
+            "evaluate",
+            {**to_dict(recipe.evaluate), "backends": recipe.backends},
+            lambda: evaluate_models(recipe, out / "evaluation"),
+            after=trained,
+        )
+    )
+    stages.append(
+        Stage(
+            "bench",
+            {**to_dict(recipe.bench), "backends": recipe.backends},
+            lambda: bench_models(recipe, out / "bench"),
+            after=trained,
+        )
+    )
+    stages.append(Stage("report", {}, lambda: write_report(recipe, out, command), always=True))
+    return stages
+
+
+# --- the stages -------------------------------------------------------------------------------------------
+
+
+def build_encoder(recipe: Recipe) -> dict[str, Any]:
+    """A tiny random encoder; its tokenizer learns from the built-in sentences and the training set only."""
+    from tinyroberta_es.data.loading import load_dataset
+    from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
+
+    b, out = recipe.build, Path(recipe.build.output).expanduser()
+    train = load_dataset(recipe.finetune.data.train).examples
+    texts = spanish_texts(include_sample=False) + sorted({ex.context for ex in train})
+    texts += [ex.question for ex in train]
+    tokenizer = train_tokenizer(b.tokenizer, texts, out.parent / f"{out.name}-tokenizer", b.vocab_size)
+    create_tiny_qa_model(
+        out,
+        tokenizer,
+        layers=b.layers,
+        hidden=b.hidden_size,
+        heads=b.heads,
+        intermediate=b.intermediate_size,
+        max_length=b.max_length,
+        seed=b.seed,
+    )
+    return {"folder": str(out)}
+
+
+def prepare_teacher(recipe: Recipe, folder: str) -> dict[str, Any]:
+    """Fine-tune the teacher, or check the given one answers questions (saving a Hub teacher locally)."""
+    from tinyroberta_es.inference import load_qa_model
+
+    if recipe.finetune is not None:
+        from tinyroberta_es.commands.finetune import finetune
+
+        return {"dev": finetune(recipe.finetune) or {}}
+    model, tokenizer = load_qa_model(recipe.teacher)  # one-line error unless it is a QA model
+    if not Path(recipe.teacher).expanduser().is_dir():  # a Hub id: the students read a local copy
+        model.save_pretrained(Path(folder).expanduser())
+        tokenizer.save_pretrained(Path(folder).expanduser())
+    return {"source": recipe.teacher}
+
+
+def _distill(student: Any) -> dict[str, Any]:
+    from tinyroberta_es.distill.pipeline import distill
+
+    return {"dev": distill(student) or {}}
+
+
+def _windows(recipe: Recipe) -> dict[str, int]:
+    return {"max_length": recipe.evaluate.max_length, "doc_stride": recipe.evaluate.doc_stride}
+
+
+def export_student(recipe: Recipe, folder: str) -> dict[str, Any]:
+    """ONNX (and int8) files in `<student>/onnx/`; a variant over the F1 budget is kept but not used."""
+    from tinyroberta_es.onnx_export import ExportConfig, export_model
+
+    e = recipe.export
+    config = ExportConfig(
+        model=folder,
+        quantize=e.quantize if "onnx-int8" in recipe.backends else None,
+        per_channel=e.per_channel,
+        dev=e.dev or recipe.evaluate.datasets[0],
+        dev_limit=e.dev_limit,
+        max_f1_drop=e.max_f1_drop,
+        **_windows(recipe),
+    )
+    report = export_model(config, strict=False)
+    for backend in report["rejected"]:
+        log.warning(
+            "%s: %s loses %.2f F1 on %s (budget %.2f): kept as *.rejected.onnx and left out of the run",
+            folder,
+            backend,
+            report["variants"][backend]["f1_drop"],
+            config.dev,
+            e.max_f1_drop,
+        )
+    return {"folder": str(config.output_dir), "rejected": report["rejected"]}
+
+
+def evaluate_models(recipe: Recipe, out: Path) -> dict[str, Any]:
+    """Every model x backend x dataset: predictions and EM/F1, one file each (kept when already there)."""
+    rows, skipped = [], []
+    for name, folder in recipe.models().items():
+        for backend in backends_of(recipe, name):
+            reason = unavailable(folder, backend)
+            if reason:
+                skipped.append({"model": name, "backend": backend, "reason": reason})
+                continue
+            for dataset in recipe.evaluate.datasets:
+                rows.append(_evaluate_one(recipe, name, folder, backend, dataset, out))
+    return {"rows": rows, "skipped": skipped}
+
+
+def backends_of(recipe: Recipe, name: str) -> list[str]:
+    """The backends a model runs on: all of the recipe's for students; the teacher is not exported."""
+    if name == "teacher":
+        return [b for b in recipe.backends if not b.startswith("onnx")]
+    return list(recipe.backends)
+
+
+def unavailable(folder: str, backend: str) -> str | None:
+    """Why `backend` cannot run the model in `folder` (no export, or an export the parity check rejected)."""
+    import json
+
+    from tinyroberta_es.bench import missing_export
+
+    parity = Path(folder).expanduser() / "onnx" / "parity.json"
+    if backend.startswith("onnx") and parity.is_file():
+        report = json.loads(parity.read_text(encoding="utf-8"))
+        if backend in report.get("rejected", []):
+            drop = report["variants"][backend]["f1_drop"]
+            return (
+                f"rejected by the export's parity check: loses {drop:.2f} F1 on {report['dev']} "
+                f"(budget {report['max_f1_drop']:.2f}); see {parity}"
+            )
+    return missing_export(folder, backend)
+
+
+def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset: str, out: Path) -> dict:
+    import json
+
+    from tinyroberta_es.data.loading import load_dataset
+    from tinyroberta_es.evaluation import evaluate_predictions
+    from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
+
+    e = recipe.evaluate
+    path = out / f"{name}.{backend}.{_slug(dataset)}.json"
+    settings = {**to_dict(e), "folder": folder, "dataset": dataset}
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("settings") == settings and saved.get("model_mtime") == _mtime(folder, backend):
+            log.info("evaluation of %s on %s with %s: done before; kept", name, dataset, backend)
+            return saved["row"]
+    data = load_dataset(dataset, bad_spans="keep")
+    examples = data.examples[: e.limit]
+    data = dataclasses.replace(data, examples=examples)
+    config = InferenceConfig(
+        max_length=e.max_length,
+        doc_stride=e.doc_stride,
+        batch_size=e.batch_size,
+        null_threshold=0.0 if data.is_v2 else None,
+        backend=backend,
+        threads=recipe.bench.threads,
+    )
+    answerer = QuestionAnswerer.from_pretrained(folder, config)
+    log.info("evaluating %s (%s) on %d questions of %s", name, backend, len(examples), dataset)
+    predictions = answerer.predict(examples, progress=True)
+    answers = {p.id: p.text for p in predictions}
+    na_probs = {p.id: p.null_score_diff for p in predictions} if data.is_v2 else None
+    scores = {}
+    for norm in DEFAULT_NORMALIZATIONS:
+        result = evaluate_predictions(data, answers, na_probs, normalization=norm)
+        exact = result.get("exact_match", result.get("exact"))
+        scores[norm] = {**result, "exact_match": exact, "f1": result["f1"]}
+        scores[norm].pop("exact", None)
+    row = {
+        "model": name,
+        "backend": backend,
+        "dataset": dataset,
+        "questions": len(examples),
+        "scores": scores,
+    }
+    saved = {"settings": settings, "model_mtime": _mtime(folder, backend), "row": row, "predictions": answers}
+    atomic.write_json(path, saved)
+    return row
+
+
+def _mtime(folder: str, backend: str) -> float | None:
+    """When the weights a backend reads were written: a newer model makes an old evaluation stale."""
+    from tinyroberta_es.backends import onnx_path
+
+    if backend.startswith("onnx"):
+        weights = [Path(onnx_path(folder, backend))]
+    else:
+        weights = list(Path(folder).expanduser().glob("*.safetensors"))
+    return max((p.stat().st_mtime for p in weights if p.is_file()), default=None)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).name if "/" in text else text)
+
+
+def bench_models(recipe: Recipe, out: Path) -> dict[str, Any]:
+    """Time every model on every backend; bench.json/md/png in `out`; rows named as in the recipe."""
+    from tinyroberta_es.bench import BenchConfig, model_names, run_bench
+    from tinyroberta_es.commands.bench import write_report
+
+    b = recipe.bench
+    named = recipe.models()
+    config = BenchConfig(
+        models=list(named.values()),
+        backends=list(recipe.backends),
+        dataset=b.dataset,
+        questions=b.questions,
+        batch_size=b.batch_size,
+        seq_len=b.seq_len,
+        threads=b.threads,
+        repeats=b.repeats,
+        budget_s=b.budget_s,
+    )
+    report = run_bench(config, command=f"tinyroberta-es run {recipe.name} (stage bench)")
+    by_label = dict(zip(model_names(config.models), named, strict=True))
+    for row in [*report["rows"], *report["skipped"]]:
+        row["model"] = by_label[row["model"]]
+    skipped = [s for s in report["skipped"] if s["backend"] in backends_of(recipe, s["model"])]
+    for s in skipped:
+        s["reason"] = unavailable(named[s["model"]], s["backend"]) or s["reason"]
+    report["skipped"] = skipped
+    report["baseline"]["model"] = report["rows"][0]["model"]
+    write_report(report, out)
+    return {"file": str(out / "bench.json")}
+
+
+def write_report(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
+    """summary.json from the stage records and outputs, then the report folder and the model cards."""
+    from tinyroberta_es.card import write_card
+    from tinyroberta_es.report import write_report as render
+    from tinyroberta_es.summary import build_summary
+
+    summary = build_summary(recipe, out, command)
+    atomic.write_json(out / "summary.json", summary)
+    paths = render(summary, out / "report")
+    cards = [str(write_card(summary, s.name)) for s in recipe.distill]
+    print(f"report: {out / 'report' / 'report.html'} (and report.md); model cards: {', '.join(cards)}")
+    return {"report": [str(p) for p in paths], "cards": cards}
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

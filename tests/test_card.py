@@ -1,0 +1,245 @@
+"""The model card: front matter that parses, numbers that are the summary's, and honest gaps."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tinyroberta_es.card import hub_dataset, is_hub_model, model_card, write_card
+from tinyroberta_es.config import DataConfig, DistillConfig, to_dict
+from tinyroberta_es.errors import UserError
+
+STUDENT = "student-6l"
+
+
+def distill_dict(folder: Path) -> dict[str, Any]:
+    """A DistillConfig as the summary records it."""
+    config = DistillConfig(
+        name=STUDENT,
+        teacher=str(folder.parent / "teacher"),
+        output=str(folder),
+        data=DataConfig(train="squad_es_v1.1_train", exclude=["xquad_es"], train_limit=5000, max_length=256),
+    )
+    config.student.trim_vocab = ["squad_es_v1.1_train"]
+    return to_dict(config)
+
+
+def eval_row(model: str, backend: str, em: float, f1: float) -> dict[str, Any]:
+    scores = {"mlqa-es": {"exact_match": em, "f1": f1}, "squad": {"exact_match": em - 3.5, "f1": f1 - 1.25}}
+    return {"model": model, "backend": backend, "dataset": "xquad_es", "questions": 1190, "scores": scores}
+
+
+def bench_row(model: str, backend: str, latency: float, throughput: float) -> dict[str, Any]:
+    return {
+        "model": model,
+        "backend": backend,
+        "dtype": "float32",
+        "threads": 2,
+        "latency_b1": {"p50": latency, "p90": latency * 1.1, "p99": latency * 1.2},
+        "latency_ms_b1": latency,
+        "fixed_ms_b1": latency / 2,
+        "throughput": throughput,
+    }
+
+
+@pytest.fixture
+def summary(tmp_path: Path) -> dict[str, Any]:
+    """A run summary with a teacher and one student whose folder holds a config.json."""
+    folder = tmp_path / "run" / STUDENT
+    folder.mkdir(parents=True)
+    shape = {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 16, "vocab_size": 50262}
+    (folder / "config.json").write_text(json.dumps(shape), encoding="utf-8")
+    distill = distill_dict(folder)
+    export = {
+        "folder": str(folder / "onnx"),
+        "rejected": [],
+        "variants": {"pytorch": {"exact_match": 40.0, "f1": 56.0}, "onnx": {"file": "model.onnx"}},
+    }
+    recipe = {
+        "name": "paper",
+        "output": str(tmp_path / "run"),
+        "build": None,
+        "teacher": None,
+        "finetune": {"model": "PlanTL-GOB-ES/roberta-large-bne", "data": {"train": "squad_es_v1.1_train"}},
+        "distill": [distill],
+        "evaluate": {"datasets": ["xquad_es"]},
+        "card": {
+            "license": "apache-2.0",
+            "teacher_license": None,
+            "datasets": ["some/extra"],
+            "repo_id": None,
+            "limitations": ["Not tested on legal text."],
+        },
+    }
+    return {
+        "name": "paper",
+        "versions": {"tinyroberta_es": "0.1.0"},
+        "recipe": recipe,
+        "teacher": "teacher",
+        "models": [
+            {
+                "name": "teacher",
+                "role": "teacher",
+                "folder": str(tmp_path / "run" / "teacher"),
+                "params": 355_000_000,
+                "source": "PlanTL-GOB-ES/roberta-large-bne",
+                "config": None,
+                "export": None,
+            },
+            {
+                "name": STUDENT,
+                "role": "student",
+                "folder": str(folder),
+                "params": 51_211_778,
+                "source": str(tmp_path / "run" / "teacher"),
+                "config": distill,
+                "export": export,
+            },
+        ],
+        "evaluation": {
+            "datasets": ["xquad_es"],
+            "normalizations": ["mlqa-es", "squad"],
+            "primary": "mlqa-es",
+            "rows": [
+                eval_row("teacher", "pytorch", 60.25, 75.5),
+                eval_row(STUDENT, "pytorch", 40.5, 56.75),
+                eval_row(STUDENT, "onnx", 40.25, 56.5),
+            ],
+        },
+        "bench": {
+            "config": {
+                "dataset": "xquad_es",
+                "questions": 100,
+                "batch_size": 32,
+                "seq_len": 384,
+                "threads": 2,
+            },
+            "machine": {"cpu": "Test CPU 9000", "cores": 2, "torch_threads": 2},
+            "rows": [
+                bench_row("teacher", "pytorch", 400.0, 2.5),
+                bench_row(STUDENT, "pytorch", 50.0, 20.0),
+                bench_row(STUDENT, "onnx", 25.0, 40.0),
+            ],
+            "skipped": [],
+        },
+        "skipped": [],
+    }
+
+
+def split_card(text: str) -> tuple[dict[str, Any], str]:
+    """(front matter, body) of a model card."""
+    assert text.startswith("---\n"), text[:80]
+    _, front, body = text.split("---\n", 2)
+    return yaml.safe_load(front), body
+
+
+def test_front_matter_is_hub_metadata(summary: dict[str, Any]) -> None:
+    meta, _ = split_card(model_card(summary, STUDENT))
+    assert meta["language"] == ["es"]
+    assert meta["license"] == "apache-2.0"
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "question-answering"
+    assert "onnx" in meta["tags"] and "knowledge-distillation" in meta["tags"]
+    assert meta["datasets"] == ["some/extra", "ccasimiro/squad_es", "google/xquad"]
+    assert meta["base_model"] == "PlanTL-GOB-ES/roberta-large-bne"
+    assert meta["metrics"] == ["exact_match", "f1"]
+
+
+def test_model_index_holds_the_summary_numbers(summary: dict[str, Any]) -> None:
+    meta, _ = split_card(model_card(summary, STUDENT))
+    (entry,) = meta["model-index"]
+    assert entry["name"] == STUDENT
+    (result,) = entry["results"]  # the PyTorch row only, not the ONNX one
+    assert result["task"]["type"] == "question-answering"
+    assert result["dataset"] == {"name": "xquad_es", "type": "google/xquad"}
+    values = {(m["type"], m["name"]): m["value"] for m in result["metrics"]}
+    assert values[("exact_match", "EM (mlqa-es normalisation)")] == 40.5
+    assert values[("f1", "F1 (mlqa-es normalisation)")] == 56.75
+    assert values[("f1", "F1 (squad normalisation)")] == 55.5
+    assert result["metrics"][0]["name"].startswith("EM (mlqa-es")  # the primary normalisation first
+
+
+def test_base_model_only_for_hub_teachers(summary: dict[str, Any], tmp_path: Path) -> None:
+    local = tmp_path / "encoders" / "me5"
+    local.mkdir(parents=True)
+    for source in (str(local), "~/.cache/tinyroberta_es/me5-small", "runs/x/teacher"):
+        summary["models"][0]["source"] = source
+        meta, _ = split_card(model_card(summary, STUDENT))
+        assert "base_model" not in meta, source
+    assert is_hub_model("PlanTL-GOB-ES/roberta-large-bne")
+    assert not is_hub_model(None)
+
+
+def test_body_states_normalisation_speed_protocol_and_citation(summary: dict[str, Any]) -> None:
+    _, body = split_card(model_card(summary, STUDENT))
+    assert "Spanish articles (el, la, los, las, un, una, unos, unas)" in body
+    assert "SQuAD v1.1's official normalisation" in body
+    assert "Latency is end to end: tokenisation, model, answer extraction" in body
+    assert "Test CPU 9000" in body and "2 threads" in body and "batch size 32" in body
+    assert "| teacher | pytorch | float32 | 400.0 | 2.5 | 1.00x |" in body
+    assert "| student-6l | onnx | float32 | 25.0 | 40.0 | 16.00x |" in body
+    assert "| xquad_es | pytorch | 1190 | 40.50 | 56.75 | 37.00 | 55.50 | 75.2 |" in body  # 56.75/75.5
+    assert "51,211,778 parameters, 14.4% of the teacher's 355,000,000" in body
+    assert "6 layers, hidden size 512, 16 attention heads" in body
+    assert "SQuAD-es v1.1 train" in body and "first 5,000 questions" in body and "`xquad_es`" in body
+    assert "temperature 1" in body and "Layer map: uniform" in body
+    assert "--backend onnx" in body and 'pipeline("question-answering"' in body
+    assert "machine translation of SQuAD" in body and "Not tested on legal text." in body
+    assert "@article{bazaga2023language" in body and "Li{\\`o}, Pietro" in body
+    assert "toy" not in body and "not measured" not in body
+
+
+def test_missing_measurements_are_stated_not_invented(summary: dict[str, Any]) -> None:
+    summary["bench"] = None
+    summary["evaluation"]["rows"] = []
+    summary["models"][1]["export"] = None
+    meta, body = split_card(model_card(summary, STUDENT))
+    assert "model-index" not in meta and "onnx" not in meta["tags"]
+    assert "Speed: not measured in this run." in body
+    assert "Evaluation: not measured in this run." in body
+    assert "--backend onnx" not in body
+
+
+def test_rejected_onnx_is_not_advertised(summary: dict[str, Any]) -> None:
+    summary["models"][1]["export"]["rejected"] = ["onnx"]
+    meta, body = split_card(model_card(summary, STUDENT))
+    assert "onnx" not in meta["tags"] and "--backend" not in body
+
+
+def test_sample_run_warns_that_the_model_is_a_toy(summary: dict[str, Any]) -> None:
+    summary["recipe"]["build"] = {"layers": 4, "hidden_size": 128, "tokenizer": "bpe", "vocab_size": 2000}
+    sample = copy.deepcopy(summary)
+    sample["models"][1]["config"]["data"]["train"] = "sample_train"
+    sample["recipe"]["finetune"]["data"]["train"] = "sample_train"
+    sample["evaluation"]["datasets"] = ["sample_dev"]
+    for row in sample["evaluation"]["rows"]:
+        row["dataset"] = "sample_dev"
+    meta, body = split_card(model_card(sample, STUDENT))
+    assert "**This is a toy.**" in body and "useless for real questions" in body
+    assert "`sample_train`" in body  # named in the text, absent from the Hub metadata
+    assert meta["datasets"] == ["some/extra"]
+    assert meta["model-index"][0]["results"][0]["dataset"] == {"name": "sample_dev", "type": "sample_dev"}
+
+
+def test_hub_dataset_mapping() -> None:
+    assert hub_dataset("squad_es_v2.0_dev") == "ccasimiro/squad_es"
+    assert hub_dataset("MLQA-es-test") == "facebook/mlqa"
+    assert hub_dataset("sqac_train") == "PlanTL-GOB-ES/SQAC"
+    assert hub_dataset("sample") is None
+    assert hub_dataset("data/squad_es_v1.1_train.json") is None
+
+
+def test_write_card_writes_readme(summary: dict[str, Any]) -> None:
+    path = write_card(summary, STUDENT)
+    assert path == Path(summary["models"][1]["folder"]) / "README.md"
+    assert path.read_text(encoding="utf-8") == model_card(summary, STUDENT)
+
+
+def test_unknown_student_names_the_choices(summary: dict[str, Any]) -> None:
+    with pytest.raises(UserError, match="no model 'nope': choose one of teacher, student-6l"):
+        model_card(summary, "nope")

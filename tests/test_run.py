@@ -1,0 +1,301 @@
+"""`tinyroberta-es run`: stage records, recipe checks, and the sample recipe end to end (killed and resumed).
+
+The end-to-end tests run `recipes/sample.yaml` itself, shrunk with `--set` (smaller models, a few dozen
+steps, short benchmark series), in a temporary folder: the recipe's relative paths land there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cli_helpers import assert_one_line_error, run_cli
+from tinyroberta_es.config import apply_overrides
+from tinyroberta_es.errors import UserError
+from tinyroberta_es.recipe import load_recipe
+from tinyroberta_es.stages import Stage, StageRecords, changed_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "recipes" / "sample.yaml"
+SMALL = [
+    "build.layers=2",
+    "build.hidden_size=32",
+    "build.intermediate_size=64",
+    "build.heads=2",
+    "finetune.train.max_steps=6",
+    "finetune.train.eval_every=3",
+    "finetune.train.checkpoint_every=3",
+    "distill.0.train.max_steps=6",
+    "distill.0.train.eval_every=3",
+    "distill.0.train.checkpoint_every=3",
+    "evaluate.limit=12",
+    "export.dev_limit=12",
+    "export.max_f1_drop=100",  # random-ish weights: the budget is tested in test_export.py
+    "bench.questions=4",
+    "bench.repeats=3",
+    "bench.budget_s=0.2",
+    "bench.batch_size=4",
+    "bench.seq_len=64",
+]
+
+
+def overrides(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+# --- stage records ----------------------------------------------------------------------------------------
+
+
+def counting_stage(name: str, settings: dict, calls: list[str], **kwargs) -> Stage:
+    return Stage(name, settings, lambda: calls.append(name) or {"n": len(calls)}, **kwargs)
+
+
+def test_a_finished_stage_is_skipped_and_a_changed_one_runs_again(tmp_path):
+    records, calls = StageRecords(tmp_path), []
+    assert records.run(counting_stage("export", {"a": 1}, calls)) == {"n": 1}
+    assert records.run(counting_stage("export", {"a": 1}, calls)) == {"n": 1}  # the record's result
+    assert calls == ["export"]
+    records.run(counting_stage("export", {"a": 2}, calls))
+    assert calls == ["export", "export"]
+    record = json.loads((tmp_path / "stages" / "export.json").read_text())
+    assert record["settings"] == {"a": 2} and record["seconds"] >= 0
+
+
+def test_a_stage_runs_again_when_a_stage_it_reads_ran_with_other_settings(tmp_path):
+    records, calls = StageRecords(tmp_path), []
+    records.run(counting_stage("teacher", {"lr": 1}, calls))
+    records.run(counting_stage("evaluate", {}, calls, after=["teacher"]))
+    records.run(counting_stage("evaluate", {}, calls, after=["teacher"]))
+    assert calls == ["teacher", "evaluate"]
+    (tmp_path / "stages" / "teacher.json").unlink()
+    records.run(counting_stage("teacher", {"lr": 2}, calls))
+    records.run(counting_stage("evaluate", {}, calls, after=["teacher"]))
+    assert calls == ["teacher", "evaluate", "teacher", "evaluate"]
+
+
+def test_a_training_stage_refuses_other_settings_and_names_them_and_what_to_delete(tmp_path):
+    records, calls = StageRecords(tmp_path), []
+    records.run(counting_stage("teacher", {"train": {"lr": 1, "epochs": 2}}, calls, trains=True))
+    changed = counting_stage(
+        "teacher", {"train": {"lr": 3, "epochs": 2}}, calls, trains=True, outputs=["runs/t"]
+    )
+    with pytest.raises(UserError, match=r"train.lr 1 -> 3.*delete runs/t and .*teacher.json"):
+        records.run(changed)
+    assert calls == ["teacher"]
+
+
+def test_an_unreadable_record_counts_as_unfinished(tmp_path):
+    records, calls = StageRecords(tmp_path), []
+    records.path("bench").parent.mkdir(parents=True)
+    records.path("bench").write_text("{cut")
+    records.run(counting_stage("bench", {}, calls))
+    assert calls == ["bench"]
+
+
+def test_changed_settings_lists_every_differing_leaf():
+    old = {"a": 1, "b": {"c": 2, "d": [1]}}
+    new = {"a": 1, "b": {"c": 3, "d": [1, 2]}, "e": None}
+    assert changed_settings(old, new) == ["b.c 2 -> 3", "b.d [1] -> [1, 2]"]
+
+
+# --- recipes and their checks -----------------------------------------------------------------------------
+
+
+def test_overrides_reach_list_entries_and_name_bad_indexes():
+    recipe = apply_overrides(load_recipe(SAMPLE), ["distill.0.train.epochs=3", "evaluate.limit=5"])
+    assert recipe.distill[0].train.epochs == 3.0 and recipe.evaluate.limit == 5
+    with pytest.raises(UserError, match="'7' is not an index of a list of 1"):
+        apply_overrides(recipe, ["distill.7.train.epochs=3"])
+
+
+def write_recipe(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(SAMPLE.read_text())
+    data.update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "needles"),
+    [
+        ({"teacher": "some/teacher"}, ["both `finetune` and `teacher`"]),
+        ({"finetune": None, "build": None}, ["no teacher"]),
+        ({"distill": []}, ["no students"]),
+        ({"backends": ["pytorch", "tensorrt"]}, ["unknown backends entry 'tensorrt'"]),
+        ({"evaluate": {"datasets": []}}, ["evaluate.datasets is empty"]),
+        ({"bench": {"questions": 0}}, ["bench.questions is 0"]),
+        ({"colour": "blue"}, ["unknown key recipe.yaml.colour"]),
+    ],
+)
+def test_bad_recipes_are_one_line_errors(tmp_path, capsys, changes, needles):
+    status, _, err = run_cli(capsys, "run", str(write_recipe(tmp_path, **changes)))
+    assert_one_line_error(status, err, *needles)
+
+
+def test_a_student_of_another_teacher_is_refused(tmp_path, capsys):
+    data = yaml.safe_load(SAMPLE.read_text())
+    data["distill"][0]["teacher"] = "runs/other-teacher"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    status, _, err = run_cli(capsys, "run", str(path))
+    assert_one_line_error(
+        status, err, "student-2l", "runs/other-teacher", "set its teacher to runs/sample/teacher"
+    )
+
+
+def test_unknown_stage_and_missing_recipe_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(capsys, "run", str(SAMPLE), "--stages", "teacher,dance")
+    assert_one_line_error(status, err, "unknown stage 'dance'", "distill-student-2l")
+    status, _, err = run_cli(capsys, "run", "nope.yaml")
+    assert_one_line_error(status, err, "recipe nope.yaml does not exist")
+
+
+def test_a_given_teacher_that_is_not_a_qa_model_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "encoder").mkdir()
+    path = write_recipe(tmp_path, finetune=None, build=None, teacher="encoder")
+    data = yaml.safe_load(path.read_text())
+    data["distill"][0]["teacher"] = "encoder"
+    path.write_text(yaml.safe_dump(data))
+    status, _, err = run_cli(capsys, "run", str(path))
+    assert_one_line_error(status, err, "encoder")
+
+
+# --- the sample recipe, end to end ------------------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    src = str(ROOT / "src")
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    return os.environ | {"PYTHONPATH": path, "TINYROBERTA_ES_OFFLINE": "1"}
+
+
+def run_sample(cwd: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess | subprocess.Popen:
+    argv = [sys.executable, "-m", "tinyroberta_es.cli", "run", str(SAMPLE), *overrides(SMALL), *extra]
+    if kwargs.pop("background", False):
+        return subprocess.Popen(argv, cwd=cwd, env=cli_env(), **kwargs)
+    return subprocess.run(argv, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_the_sample_recipe_writes_report_cards_and_exports_and_a_rerun_skips_everything(tmp_path):
+    done = run_sample(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "sample"
+    report = run / "report"
+    for name in ("report.md", "report.html", "training_curves.png", "f1_latency.png"):
+        assert (report / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    rows = summary["evaluation"]["rows"]
+    assert {(r["model"], r["backend"]) for r in rows} == {
+        ("teacher", "pytorch"),
+        ("student-2l", "pytorch"),
+        ("student-2l", "onnx"),
+        ("student-2l", "onnx-int8"),
+    }
+    assert all(r["questions"] == 12 and r["dataset"] == "sample_dev" for r in rows)
+    assert summary["skipped"] == []  # the teacher is not exported, and nothing says it is missing
+    bench_rows = [(r["model"], r["backend"]) for r in summary["bench"]["rows"]]
+    assert bench_rows[0] == ("teacher", "pytorch") and set(bench_rows) == {
+        (r["model"], r["backend"]) for r in rows
+    }
+    assert summary["bench"]["skipped"] == []
+    student = run / "student-2l"
+    assert (student / "onnx" / "model.onnx").is_file() and (student / "onnx" / "model.int8.onnx").is_file()
+    card = (student / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["language"] == ["es"] and meta["pipeline_tag"] == "question-answering"
+    html = (report / "report.html").read_text()
+    assert "student-2l" in html and "data:image/png;base64," in html
+    stages = sorted(p.stem for p in (run / "stages").glob("*.json"))
+    assert stages == sorted(
+        ["build", "teacher", "distill-student-2l", "export-student-2l", "evaluate", "bench", "report"]
+    )
+
+    mtimes = {p: p.stat().st_mtime for p in (run / "stages").glob("*.json") if p.stem != "report"}
+    again = run_sample(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes
+    assert again.stderr.count("; skipping") == len(mtimes)
+
+    changed = run_sample(tmp_path, "--set", "distill.0.train.lr=0.5")
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "train.lr 0.001 -> 0.5" in changed.stderr and "Traceback" not in changed.stderr
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_distillation_resumes_there(tmp_path):
+    longer = ["--set", "distill.0.train.max_steps=200", "--set", "distill.0.train.checkpoint_every=2"]
+    log = tmp_path / "first.log"
+    with open(log, "w") as f:
+        proc = run_sample(tmp_path, *longer, background=True, stdout=f, stderr=subprocess.STDOUT)
+    student = tmp_path / "runs" / "sample" / "student-2l"
+    checkpoint = student / "checkpoint" / "state.pt"
+    deadline = time.monotonic() + 300
+    try:
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checkpoint.exists(), log.read_text()[-3000:]
+        time.sleep(1.0)  # a few more steps
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (student / "train_state.json").exists(), "distillation finished before the kill"
+    stages = tmp_path / "runs" / "sample" / "stages"
+    assert (stages / "teacher.json").is_file() and not (stages / "distill-student-2l.json").exists()
+
+    resumed = run_sample(tmp_path, *longer)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage teacher: finished" in resumed.stderr and "resuming" in resumed.stderr
+    state = json.loads((student / "train_state.json").read_text())
+    assert state["finished"] and state["step"] == 200
+    assert (tmp_path / "runs" / "sample" / "report" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_under_torchrun_two_processes_train_and_rank_zero_alone_reports(tmp_path):
+    built = run_sample(tmp_path, "--stages", "build")
+    assert built.returncode == 0, built.stderr[-3000:]
+    port = str(free_port())
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+    ]
+    argv += ["--master_port", port, "-m", "tinyroberta_es.cli", "run", str(SAMPLE), *overrides(SMALL)]
+    done = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        env=cli_env() | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "sample"
+    assert json.loads((run / "student-2l" / "train_state.json").read_text())["step"] == 6
+    assert (run / "report" / "report.html").is_file() and (run / "student-2l" / "README.md").is_file()
+    assert done.stderr.count("stage report: running") == 1  # rank 0 alone
+    assert done.stderr.count("stage distill-student-2l: running") == 2  # both processes train
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
