@@ -184,7 +184,7 @@ def run_sample(cwd: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess 
     argv = [sys.executable, "-m", "tinyroberta_es.cli", "run", str(SAMPLE), *overrides(SMALL), *extra]
     if kwargs.pop("background", False):
         return subprocess.Popen(argv, cwd=cwd, env=cli_env(), **kwargs)
-    return subprocess.run(argv, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(argv, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -283,7 +283,7 @@ def test_under_torchrun_two_processes_train_and_rank_zero_alone_reports(tmp_path
         env=cli_env() | {"OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "sample"

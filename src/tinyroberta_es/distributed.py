@@ -56,6 +56,17 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_process_group() -> None:
+    """Leave the process group at the end of a command (under torchrun; a no-op otherwise).
+
+    Only at the end: a group destroyed and created again in one process can hang in its rendezvous under
+    torchrun (seen when `run` fine-tuned the teacher and then distilled), so the training stages of one
+    process share one group.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def gather(obj: Any, world_size: int) -> list[Any]:
     """`obj` of every process, by rank (a collective: every process must call it)."""
     if world_size == 1:

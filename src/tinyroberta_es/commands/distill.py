@@ -60,5 +60,7 @@ def resolve_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> None:
     from tinyroberta_es.distill.pipeline import distill
+    from tinyroberta_es.distributed import leave_process_group
 
     distill(resolve_config(args))
+    leave_process_group()

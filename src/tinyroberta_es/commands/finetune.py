@@ -59,7 +59,10 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> None:
     """Fine-tune with the configuration of the flags."""
+    from tinyroberta_es.distributed import leave_process_group
+
     finetune(resolve_config(args))
+    leave_process_group()
 
 
 def finetune(config: Any) -> dict[str, float]:
@@ -110,8 +113,6 @@ def finetune(config: Any) -> dict[str, float]:
 
     evaluate = dev_evaluator(model, tokenizer, config.data)
     result = train(QALoss(model), features, config.train, output, save_model=save_model, evaluate=evaluate)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
     if not main:
         return {}
     if result.metrics:

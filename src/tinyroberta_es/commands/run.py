@@ -34,6 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Load the recipe, apply the overrides, run its stages."""
     from tinyroberta_es.config import apply_overrides
+    from tinyroberta_es.distributed import leave_process_group
     from tinyroberta_es.recipe import load_recipe
     from tinyroberta_es.workflow import run_recipe
 
@@ -41,4 +42,5 @@ def run(args: argparse.Namespace) -> None:
     words = ["tinyroberta-es", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     report = run_recipe(recipe, command=" ".join(shlex.quote(w) for w in words), only=only)
+    leave_process_group()
     print(f"done: open {report / 'report.html'}")
