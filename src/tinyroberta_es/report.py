@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ CSS = (
     "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}"
     "th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}"
     "th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
-    "pre{background:#f6f6f6;padding:1rem;overflow:auto}img{max-width:100%}"
+    "pre{background:#f6f6f6;padding:1rem;overflow:auto}img{max-width:100%}.t{text-align:left}"
 )
+_NUMBER = re.compile(r"^[-+]?[\d.,]*\d[\d.,e+-]*\s*(x|%|[/\d. ]*)$|^$|^-$")
 
 
 @dataclass(frozen=True)
@@ -383,7 +385,12 @@ def _markdown_table(header: list[str], rows: list[dict[str, str]]) -> str:
 
 def _html_table(header: list[str], rows: list[dict[str, str]]) -> str:
     def tr(tag: str, cells: list[str]) -> str:
-        return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
+        return "<tr>" + "".join(f"<{tag}{_align(c)}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
 
     body = "".join(tr("td", [r.get(h, "") for h in header]) for r in rows)
     return f"<table><thead>{tr('th', header)}</thead><tbody>{body}</tbody></table>"
+
+
+def _align(cell: str) -> str:
+    """Numbers right-aligned (the stylesheet's default), text left-aligned."""
+    return "" if _NUMBER.match(str(cell)) else ' class="t"'
