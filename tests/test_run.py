@@ -354,3 +354,61 @@ def test_a_given_qa_teacher_is_used_in_place_and_the_run_needs_no_finetune_secti
     meta = yaml.safe_load((tmp_path / "runs" / "given" / "s1" / "README.md").read_text().split("---")[1])
     assert "base_model" not in meta  # a local folder is no Hub id
     assert "report.html" in out
+
+
+def test_a_hub_teacher_is_downloaded_once_saved_in_the_run_and_named_as_base_model(tmp_path):
+    from hub_server import FakeHub
+    from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
+
+    teacher = create_tiny_qa_model(
+        tmp_path / "hub" / "qa-teacher",
+        train_tokenizer("bpe", spanish_texts(), tmp_path / "tok", vocab_size=500),
+    )
+    recipe = {
+        "name": "hub",
+        "output": "runs/hub",
+        "teacher": "tiny-org/qa-teacher",
+        "distill": [
+            {
+                "name": "s1",
+                "teacher": "tiny-org/qa-teacher",
+                "output": "runs/hub/s1",
+                "student": {"layers": 1, "init": "teacher-layers"},
+                "loss": {"kd": 1.0, "ce": 1.0, "hidden": 0.0, "attention": 0.0},
+                "data": {"train": "sample_train", "dev": None, "max_length": 96, "doc_stride": 32},
+                "train": {
+                    "max_steps": 2,
+                    "batch_size": 8,
+                    "precision": "fp32",
+                    "device": "cpu",
+                    "tensorboard": False,
+                },
+            }
+        ],
+        "backends": ["pytorch"],
+        "evaluate": {"datasets": ["sample_dev"], "limit": 4, "max_length": 96, "doc_stride": 32},
+        "bench": {
+            "dataset": "sample_dev",
+            "questions": 2,
+            "repeats": 3,
+            "budget_s": 0.1,
+            "batch_size": 2,
+            "seq_len": 96,
+        },
+    }
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    argv = [sys.executable, "-m", "tinyroberta_es.cli", "run", str(path)]
+    with FakeHub({"tiny-org/qa-teacher": teacher}) as hub:
+        env = cli_env() | {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+        env.pop("HF_HUB_OFFLINE", None)
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert any("/tiny-org/qa-teacher/resolve/" in r for r in hub.requests)
+    local = tmp_path / "runs" / "hub" / "teacher"
+    assert (local / "config.json").is_file() and list(local.glob("*.safetensors"))
+    summary = json.loads((tmp_path / "runs" / "hub" / "summary.json").read_text())
+    assert summary["models"][0]["folder"] == "runs/hub/teacher"
+    assert summary["models"][0]["source"] == "tiny-org/qa-teacher"
+    meta = yaml.safe_load((tmp_path / "runs" / "hub" / "s1" / "README.md").read_text().split("---")[1])
+    assert meta["base_model"] == "tiny-org/qa-teacher"
