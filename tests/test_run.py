@@ -69,6 +69,16 @@ def test_a_finished_stage_is_skipped_and_a_changed_one_runs_again(tmp_path):
     assert record["settings"] == {"a": 2} and record["seconds"] >= 0
 
 
+def test_the_state_of_a_stage_says_what_a_run_will_do(tmp_path):
+    records, calls = StageRecords(tmp_path), []
+    train = counting_stage("teacher", {"lr": 1}, calls, trains=True)
+    assert records.state(train) == "to run"
+    records.run(train)
+    assert records.state(train) == "done"
+    assert records.state(counting_stage("teacher", {"lr": 2}, calls, trains=True)) == "changed"
+    assert records.state(counting_stage("teacher", {"lr": 2}, calls)) == "to run again"
+
+
 def test_a_stage_runs_again_when_a_stage_it_reads_ran_with_other_settings(tmp_path):
     records, calls = StageRecords(tmp_path), []
     records.run(counting_stage("teacher", {"lr": 1}, calls))
@@ -217,6 +227,8 @@ def test_the_sample_recipe_writes_report_cards_and_exports_and_a_rerun_skips_eve
     assert meta["language"] == ["es"] and meta["pipeline_tag"] == "question-answering"
     html = (report / "report.html").read_text()
     assert "student-2l" in html and "data:image/png;base64," in html
+    assert list(summary["stages"])[:2] == ["build", "teacher"] and "bench" in summary["stages"]
+    assert "## Stages" in (report / "report.md").read_text()
     stages = sorted(p.stem for p in (run / "stages").glob("*.json"))
     assert stages == sorted(
         ["build", "teacher", "distill-student-2l", "export-student-2l", "evaluate", "bench", "report"]

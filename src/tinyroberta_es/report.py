@@ -104,6 +104,12 @@ def blocks(summary: dict[str, Any], curves: Path | None, scatter: Path | None) -
     doc.append(Image(scatter, "F1 against latency") if scatter else Para(NO_SCATTER))
     recipe = summary.get("recipe")
     text = yaml_text(recipe) if recipe else "# no recipe recorded\n"
+    times = [
+        {"stage": name, "finished at": str(t.get("finished_at") or ""), "seconds": _num(t.get("seconds"), 1)}
+        for name, t in (summary.get("stages") or {}).items()
+    ]
+    if times:
+        doc += [Heading("Stages"), Table(times), Para("Stages skipped by a rerun keep their first times.")]
     doc += [Heading("Recipe"), Code(text), Heading("How to reproduce"), Para("Run", summary["command"])]
     return doc
 

@@ -70,6 +70,15 @@ class StageRecords:
         blob = json.dumps({"settings": stage.settings, "after": inputs}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def state(self, stage: Stage) -> str:
+        """What `run` will do with `stage`: "done" (skip), "to run", "to run again" or "changed"."""
+        record = self.read(stage.name)
+        if record is None:
+            return "to run"
+        if stage.always or record.get("key") != self.key(stage):
+            return "changed" if stage.trains else "to run again"
+        return "done"
+
     def run(self, stage: Stage, write: bool = True) -> dict[str, Any]:
         """Skip `stage` when its record matches, else run it and record it (unless not `write`: the
         processes of a torchrun other than rank 0); returns its result."""

@@ -77,7 +77,15 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
         },
         "bench": bench,
         "skipped": evaluation["skipped"],
+        "stages": _stage_times(records),
     }
+
+
+def _stage_times(records: StageRecords) -> dict[str, dict[str, Any]]:
+    """When each recorded stage finished and how long it took, in the order they finished."""
+    found = [r for r in (records.read(p.stem) for p in records.dir.glob("*.json")) if r is not None]
+    found.sort(key=lambda r: r.get("finished_at") or "")
+    return {r["stage"]: {"finished_at": r.get("finished_at"), "seconds": r.get("seconds")} for r in found}
 
 
 def _params(folder: str) -> int | None:

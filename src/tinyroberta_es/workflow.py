@@ -48,12 +48,13 @@ def run_recipe(recipe: Recipe, command: str = "", only: list[str] | None = None)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and recipe.build is not None and records.read("build") is None:
         raise UserError(
-            "under torchrun the processes share the training stages only: build the encoder first with "
-            f"tinyroberta-es run {command.split()[2] if command else 'RECIPE'} --stages build"
+            "under torchrun the processes share the training stages only: build the encoder first, in one "
+            "process, with tinyroberta-es run RECIPE --stages build"
         )
-    for stage in stages:
-        if only and not any(stage.name == n or stage.name.startswith(f"{n}-") for n in only):
-            continue
+    chosen = [s for s in stages if not only or any(s.name == n or s.name.startswith(f"{n}-") for n in only)]
+    if rank == 0:
+        log.info("stages: %s", ", ".join(f"{s.name} ({records.state(s)})" for s in chosen))
+    for stage in chosen:
         if world > 1 and not stage.trains and (rank != 0 or stage.name == "build"):
             continue  # under torchrun every process trains; rank 0 alone exports, measures and reports
         records.run(stage, write=rank == 0)
