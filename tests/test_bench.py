@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyroberta_es import bench
+from tinyroberta_es import bench, timing
 from tinyroberta_es.cli import main
 from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
 
@@ -155,7 +155,7 @@ def test_matmul_flops_by_hand_and_against_torch_flop_counter():
 
 def test_measure_peaks_returns_positive_rates_for_every_engine():
     pytest.importorskip("onnxruntime")
-    peaks = bench.measure_peaks(TINY_SHAPES, threads=1, repeats=2)
+    peaks = timing.measure_peaks(TINY_SHAPES, threads=1, repeats=2)
     assert set(peaks) == set(bench.PEAK_OF_BACKEND.values())
     for peak in peaks.values():
         assert peak["gflops"] > 0
@@ -163,7 +163,7 @@ def test_measure_peaks_returns_positive_rates_for_every_engine():
 
 
 def test_percentiles_and_time_calls():
-    p = bench.percentiles([0.001 * i for i in range(1, 101)])  # 1..100 ms
+    p = timing.percentiles([0.001 * i for i in range(1, 101)])  # 1..100 ms
     assert (
         p["p50"] == pytest.approx(50.5)
         and p["p90"] == pytest.approx(90.1)
@@ -171,10 +171,10 @@ def test_percentiles_and_time_calls():
     )
     assert p["n"] == 100
     calls = []
-    times = bench.time_calls(lambda: calls.append(1), warmup=3, repeats=5)
+    times = timing.time_calls(lambda: calls.append(1), warmup=3, repeats=5)
     assert len(calls) == 8 and len(times) == 5
     calls.clear()
-    times = bench.time_calls(lambda: calls.append(1), warmup=0, repeats=50, budget_s=0.0, min_repeats=2)
+    times = timing.time_calls(lambda: calls.append(1), warmup=0, repeats=50, budget_s=0.0, min_repeats=2)
     assert len(times) == 2  # the budget is spent at once: only the minimum
 
 
