@@ -4,9 +4,9 @@
 
 The paper pair of `speed_paper.py` (random weights, batch 1 x 384 tokens, 2 threads): the teacher in PyTorch
 fp32 eager is the reference; the student runs in bf16 eager (the `pytorch-bf16` backend), then compiled by
-Inductor with frozen weights (prepacked for oneDNN), then with `max-autotune`. A probe, not a backend: the
-compiled model is specialised to one shape, so serving variable lengths would need length buckets and a
-compile per bucket (7 to 23 s each here). Writes benchmarks/results/compile-probe.json.
+Inductor with frozen weights (prepacked for oneDNN), then with `max-autotune`, each compiled for the one shape
+it runs. The `pytorch-bf16-compiled` backend grew out of it, with dynamic shapes so one compile serves every
+length (`speed_paper.py` measures it). Writes benchmarks/results/compile-probe.json.
 """
 
 from __future__ import annotations

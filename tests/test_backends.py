@@ -158,3 +158,40 @@ def test_missing_onnxruntime(exported, monkeypatch):
     with pytest.raises(UserError, match=r"pip install 'tinyroberta-es\[onnx\]'"):
         make_runner(exported, "onnx")
     make_runner(exported, "pytorch")  # the PyTorch backends do not need it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])  # RoBERTa; BERT with token types
+def test_compiled_bf16_matches_eager_bf16_and_compiles_only_at_load(tmp_path, sample, kind):
+    from torch._dynamo.utils import counters
+
+    texts = [ex.context for ex in sample.examples] + [ex.question for ex in sample.examples]
+    tokenizer_dir = train_tokenizer(kind, texts, tmp_path / "tokenizer", vocab_size=1000)
+    model_dir = create_tiny_qa_model(tmp_path / "model", tokenizer_dir, max_length=128, seed=3)
+    answerer = QuestionAnswerer.from_pretrained(model_dir, WINDOWS, device="cpu")
+    features = answerer.features(sample.examples[:6])
+    compiled = make_runner(model_dir, "pytorch-bf16-compiled")
+    assert (compiled.name, compiled.dtype) == ("pytorch-bf16-compiled", "bfloat16")
+    frames = counters["frames"]["total"]
+    for batch_size in (1, 5, 33):  # batch 1 and larger batches, windows of many padded lengths
+        start, end = logits_with(model_dir, "pytorch-bf16", features, batch_size)
+        config = InferenceConfig(max_length=96, doc_stride=32, batch_size=batch_size)
+        c_start, c_end = QuestionAnswerer(compiled, answerer.tokenizer, config).logits(features)
+        valid = np.isfinite(start)
+        np.testing.assert_allclose(c_start[valid], start[valid], atol=0.05)
+        np.testing.assert_allclose(c_end[valid], end[valid], atol=0.05)
+    assert counters["frames"]["total"] == frames  # the warm-up at load compiled every graph these needed
+
+
+def test_a_compile_failure_is_one_line_naming_the_fallback(exported, monkeypatch):
+    def broken(module, **kwargs):
+        def call(**inputs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nlong details")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(
+        UserError, match=r"could not compile .*No working C\+\+ compiler found\); .*pytorch-bf16$"
+    ):
+        make_runner(exported, "pytorch-bf16-compiled")

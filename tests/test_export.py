@@ -237,7 +237,12 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
 def test_cli_errors_for_backends(exported, tmp_path, capsys, monkeypatch):
     base = ("--question", "¿Dónde?", "--context", CONTEXT, *WINDOW_FLAGS)
     status, _, err = run_cli(capsys, "answer", "--model", str(exported), "--backend", "onnxx", *base)
-    assert_one_line_error(status, err, "unknown backend 'onnxx'", "pytorch, pytorch-bf16, onnx, onnx-int8")
+    assert_one_line_error(
+        status,
+        err,
+        "unknown backend 'onnxx'",
+        "pytorch, pytorch-bf16, pytorch-bf16-compiled, onnx, onnx-int8",
+    )
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):

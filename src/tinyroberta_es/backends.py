@@ -9,13 +9,14 @@ Measured on this project's CPU (2-core Xeon with AVX-512-BF16 and AMX, shared, s
 student, one 384-token window, 2 threads, median of 20, each backend in a fresh process: PyTorch fp32 102 ms,
 PyTorch bf16 45 ms, ONNX Runtime fp32 (fused) 82 ms, ONNX Runtime int8 (fused) 32 ms. Padding windows to a
 multiple of 8 did not help ONNX Runtime (376 to 384 tokens within noise of one another), so no runner pads.
+`pytorch-bf16-compiled` (Inductor, compiled at load) is the fastest at batch 1 there: see its factory.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,24 +93,30 @@ def torch_runner(
     input_names = tuple(n for n in MODEL_INPUTS if takes_any or n in accepted)
     tensors = [*model.parameters(), *model.buffers()]
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-
-    @torch.inference_mode()
-    def forward(inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        out = model(**{k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()})
-        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()  # (B, T)
-
     return Runner(
         name=name,
         dtype=dtype,
         device=str(device),
         threads=threads,
         input_names=input_names,
-        forward=forward,
+        forward=torch_forward(model, device),
         params=sum(p.numel() for p in model.parameters()),
         weights_bytes=weights_bytes or sum(t.numel() * t.element_size() for t in tensors),
         module=model,
         optional_inputs=("token_type_ids",),  # RoBERTa accepts them; its tokenizer makes none
     )
+
+
+def torch_forward(call: Callable[..., Any], device: Any) -> Forward:
+    """numpy inputs -> `call` (a QA module, or its compiled form) on `device` -> float32 numpy logits."""
+    import torch
+
+    @torch.inference_mode()
+    def forward(inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        out = call(**{k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()})
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()  # (B, T)
+
+    return forward
 
 
 def _pytorch(source: str, device: str, threads: int | None) -> Runner:
@@ -142,6 +149,46 @@ def _pytorch_bf16(source: str, device: str, threads: int | None) -> Runner:
         threads=threads,
         weights_bytes=_torch_weights_bytes(source),
     )
+
+
+def _pytorch_bf16_compiled(source: str, device: str, threads: int | None) -> Runner:
+    """The bf16 model compiled by Inductor (`torch.compile`): frozen weights, max-autotune, dynamic shapes.
+
+    On this project's CPU (AMX) the paper student at 1 x 384 tokens took 21.6 ms against 31.5 ms in eager
+    bf16 and 31.9 ms in ONNX Runtime int8 (benchmarks/results/speed-paper.md). Compiling happens here, at
+    load, and takes tens of seconds: one graph for batch 1 and one for larger batches, each serving every
+    sequence length. On CPU Inductor writes C++, so it needs a C++ compiler (g++). Freezing is a process-wide
+    Inductor setting: it folds the weights into the graph, which suits inference only.
+    """
+    import torch
+    import torch._inductor.config as inductor
+    import torch._inductor.select_algorithm as select_algorithm
+
+    from tinyroberta_es.inference import load_fast_tokenizer, tokenizer_folder
+
+    runner = _pytorch_bf16(source, device, threads)
+    inductor.freezing = True
+    inductor.max_autotune_report_choices_stats = False  # autotuning otherwise prints tables on stderr
+    select_algorithm.PRINT_AUTOTUNE = False
+    compiled = torch.compile(runner.module, dynamic=True, mode="max-autotune-no-cudagraphs")
+    forward = torch_forward(compiled, torch.device(runner.device))
+    config = runner.module.config
+    # Warm up with the inputs the tokenizer makes (another set of keyword arguments recompiles) at a
+    # realistic window length (autotuning picks kernels for the sizes it first sees).
+    made = load_fast_tokenizer(tokenizer_folder(source)).model_input_names
+    names = [n for n in runner.input_names if n in made]
+    length = min(384, getattr(config, "max_position_embeddings", 514) - 2 - (config.pad_token_id or 0))
+    try:
+        for batch in (1, 2):  # batch 1 gets its own graph (dynamic shapes specialise sizes 0 and 1)
+            ones = np.ones((batch, length), dtype=np.int64)
+            forward({n: ones if n == "attention_mask" else 0 * ones for n in names})
+    except Exception as err:  # Inductor raises many kinds (no compiler, unsupported op)
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"the pytorch-bf16-compiled backend could not compile {source} ({first}); it needs a C++ "
+            "compiler (g++) on CPU: install one or use --backend pytorch-bf16"
+        ) from None
+    return replace(runner, name="pytorch-bf16-compiled", forward=forward)
 
 
 def _torch_device(device: str) -> str:
@@ -256,6 +303,7 @@ def _onnx_int8(source: str, device: str, threads: int | None) -> Runner:
 BACKENDS: dict[str, Callable[[str, str, int | None], Runner]] = {
     "pytorch": _pytorch,
     "pytorch-bf16": _pytorch_bf16,
+    "pytorch-bf16-compiled": _pytorch_bf16_compiled,
     "onnx": _onnx,
     "onnx-int8": _onnx_int8,
 }

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PEAK_OF_BACKEND = {
     "pytorch": "torch-fp32",
     "pytorch-bf16": "torch-bf16",
+    "pytorch-bf16-compiled": "torch-bf16",
     "onnx": "ort-fp32",
     "onnx-int8": "ort-int8",
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tinyroberta_es.backends import BACKENDS
 from tinyroberta_es.config import (
     DistillConfig,
     FinetuneConfig,
@@ -19,8 +20,6 @@ from tinyroberta_es.config import (
     from_dict,
 )
 from tinyroberta_es.errors import UserError
-
-BACKENDS = ("pytorch", "pytorch-bf16", "onnx", "onnx-int8")
 
 
 @dataclass
@@ -123,7 +122,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         for backend in self.backends:
-            check_choice("backends entry", backend, BACKENDS)
+            check_choice("backends entry", backend, tuple(BACKENDS))
         names = [d.name for d in self.distill]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

@@ -26,7 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default="pytorch",
-        help="comma-separated: pytorch, pytorch-bf16, onnx, onnx-int8 (default pytorch)",
+        help="comma-separated: pytorch, pytorch-bf16, pytorch-bf16-compiled, onnx, onnx-int8 "
+        "(default: pytorch)",
     )
     parser.add_argument(
         "--dataset", default="sample", help="xquad_es, sample or a SQuAD file (default sample)"

@@ -33,7 +33,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="pytorch",
-        help="pytorch, pytorch-bf16, onnx or onnx-int8 (the onnx ones need `tinyroberta-es export` first)",
+        help="pytorch, pytorch-bf16, pytorch-bf16-compiled (compiles at load), onnx or onnx-int8 "
+        "(the onnx ones need `tinyroberta-es export` first)",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's)")
 
