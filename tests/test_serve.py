@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -156,12 +157,13 @@ def test_health_openapi_and_docs(client):
             "max_context_chars": 2000,
             "max_batch_items": 4,
             "max_body_bytes": 20_000,
+            "max_queue": 256,
         },
     }
     schema = client.get("/openapi.json").json()
     assert {"/v1/answer", "/v1/answer/batch", "/health", "/metrics"} <= set(schema["paths"])
     answer = schema["paths"]["/v1/answer"]["post"]
-    for status in ("400", "413", "422", "500"):
+    for status in ("400", "413", "422", "500", "503"):
         assert answer["responses"][status]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorResponse"
         }
@@ -367,6 +369,41 @@ def test_a_failing_model_call_answers_500_to_its_batch_and_the_server_goes_on(se
     assert metric(client, "tinyroberta_es_requests_total", **labels) == 2
 
 
+class SlowAnswerer:
+    """A real answerer that takes a quarter of a second per model call: requests pile up behind it."""
+
+    def __init__(self, answerer: QuestionAnswerer) -> None:
+        self.answerer, self.config = answerer, answerer.config
+
+    def predict(self, examples, top_k=1):
+        time.sleep(0.25)
+        return self.answerer.predict(examples, top_k=top_k)
+
+
+def test_over_the_queue_limit_requests_get_503_with_retry_after_and_the_rest_are_answered(serve, answerer):
+    client = serve(qa=SlowAnswerer(answerer), max_batch=1, batch_wait_ms=0, max_queue=3)
+    url = str(client.base_url)
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as ac:
+            body = {"question": "¿Dónde?", "context": CONTEXT}
+            return await asyncio.gather(*(ac.post("/v1/answer", json=body) for _ in range(12)))
+
+    responses = asyncio.run(fire())
+    answered = [r for r in responses if r.status_code == 200]
+    shed = [r for r in responses if r.status_code == 503]
+    assert len(answered) + len(shed) == 12 and answered and shed
+    assert len(answered) <= 1 + 3 + 1  # one in the model, three waiting (a request may slip in as one leaves)
+    for r in shed:
+        assert r.json()["error"] == "overloaded" and "--max-queue 3" in r.json()["detail"]
+        assert r.headers["Retry-After"] == "1"
+    for r in answered:
+        assert_answer(r.json(), CONTEXT)
+    too_big = client.post("/v1/answer/batch", json={"items": [{"question": "¿Qué?", "context": CONTEXT}] * 4})
+    assert too_big.status_code == 503  # 4 items can never fit a queue of 3: shed whole, not half answered
+    assert client.post("/v1/answer", json={"question": "¿Dónde?", "context": CONTEXT}).status_code == 200
+
+
 @pytest.mark.slow
 def test_serve_command_serves_the_api_and_the_page_then_stops_cleanly(model_dir, tmp_path):
     with ServerProcess(["--model", str(model_dir), "--max-batch", "4"], tmp_path / "serve.log") as server:
@@ -390,6 +427,7 @@ def test_serve_command_serves_the_api_and_the_page_then_stops_cleanly(model_dir,
         (["--max-batch", "0"], ["--max-batch 0"]),
         (["--batch-wait-ms", "-1", "--max-body-bytes", "10"], ["--batch-wait-ms -1", "--max-body-bytes 10"]),
         (["--port", "70000"], ["--port 70000"]),
+        (["--max-queue", "0"], ["--max-queue 0"]),
         (["--backend", "tensorrt"], ["tensorrt"]),
     ],
 )

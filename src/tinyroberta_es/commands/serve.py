@@ -36,6 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (default 1000000)"
     )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="questions waiting for the model; requests beyond it get 503 with Retry-After (default 256)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace) -> None:
         max_context_chars=args.max_context_chars,
         max_batch_items=args.max_batch_items,
         max_body_bytes=args.max_body_bytes,
+        max_queue=args.max_queue,
         model_name=Path(args.model).name if Path(args.model).is_dir() else args.model,
         backend=args.backend,
     )

@@ -13,12 +13,13 @@ Routes: ``POST /v1/answer`` (one question), ``POST /v1/answer/batch`` (several, 
   but too big for this server's limits, and the fix is to send less (a shorter context, fewer items), not to
   correct a value; a client can tell them apart from schema errors by the status alone.
 - 404, 405: unknown route or method. 500 ``model_error``: the model failed on the batch that held the
-  request (the other batches and later requests are unaffected). 503 ``unavailable``: shutting down.
+  request (the other batches and later requests are unaffected). 503 ``overloaded`` (with ``Retry-After``):
+  more questions would be waiting for the model than --max-queue, so the server sheds load instead of letting
+  every client's latency grow; 503 ``unavailable``: shutting down.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
@@ -40,7 +41,7 @@ from tinyroberta_es import __version__
 from tinyroberta_es.data.schema import Example
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.extraction import Prediction
-from tinyroberta_es.serve.batching import BatcherClosed, MicroBatcher, ModelError
+from tinyroberta_es.serve.batching import BatcherClosed, MicroBatcher, ModelError, Overloaded
 from tinyroberta_es.serve.limits import BodySizeLimit
 from tinyroberta_es.serve.metrics import MetricsMiddleware, ServerMetrics
 from tinyroberta_es.serve.schema import (
@@ -63,6 +64,7 @@ class ServeConfig:
     max_context_chars: int = 20_000  # longer contexts get 413 context_too_long
     max_batch_items: int = 32  # more items in one batch request get 413 too_many_items
     max_body_bytes: int = 1_000_000  # larger bodies get 413 body_too_large
+    max_queue: int = 256  # questions waiting for the model; a request that would pass it gets 503 overloaded
     model_name: str = "model"  # shown by /health
     backend: str = "pytorch"  # shown by /health
 
@@ -75,6 +77,7 @@ class ServeConfig:
                 ("max_context_chars", self.max_context_chars, self.max_context_chars >= 1, "at least 1"),
                 ("max_batch_items", self.max_batch_items, self.max_batch_items >= 1, "at least 1"),
                 ("max_body_bytes", self.max_body_bytes, self.max_body_bytes >= 1024, "at least 1024"),
+                ("max_queue", self.max_queue, self.max_queue >= 1, "at least 1"),
             )
             if not ok
         ]
@@ -106,6 +109,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     422: {"model": ErrorResponse, "description": "invalid_request: the JSON does not fit the schema"},
     500: {"model": ErrorResponse, "description": "model_error: the model failed on this request's batch"},
+    503: {"model": ErrorResponse, "description": "overloaded (--max-queue; see Retry-After) or unavailable"},
 }
 _HTTP_CODES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}
 
@@ -120,6 +124,7 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
         wait_ms=config.batch_wait_ms,
         null_threshold=getattr(answerer.config, "null_threshold", None),
         on_batch=metrics.record_batch,
+        max_queue=config.max_queue,
     )
     page, page_csp = _page()
 
@@ -156,9 +161,12 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
         examples = [
             Example(id=str(i), question=it.question, context=it.context) for i, it in enumerate(items)
         ]
-        predictions = await asyncio.gather(
-            *(batcher.submit(ex, it.top_k) for ex, it in zip(examples, items, strict=True))
-        )
+        try:
+            predictions = await batcher.submit_all(
+                [(ex, it.top_k) for ex, it in zip(examples, items, strict=True)]
+            )
+        except Overloaded as err:
+            raise ApiError(503, "overloaded", str(err)) from None
         ms = (time.perf_counter() - t0) * 1000
         return [_response(p, ms) for p in predictions]
 
@@ -207,7 +215,10 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.detail)
+        response = _error(exc.status, exc.code, exc.detail)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -37,6 +37,10 @@ class BatcherClosed(RuntimeError):
     """The server is shutting down: the request was not answered."""
 
 
+class Overloaded(RuntimeError):
+    """More questions would wait for the model than `max_queue`: the request was not queued."""
+
+
 @dataclass
 class Job:
     """One question waiting for its answer."""
@@ -57,8 +61,10 @@ class MicroBatcher:
         wait_ms: float = 5.0,
         null_threshold: float | None = None,
         on_batch: BatchHook | None = None,
+        max_queue: int | None = None,
     ) -> None:
         self.predict = predict
+        self.max_queue = max_queue  # None: no limit
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
         self.null_threshold = null_threshold  # needed to renormalise probabilities when cutting top_k
@@ -96,11 +102,28 @@ class MicroBatcher:
 
     async def submit(self, example: Example, top_k: int) -> Prediction:
         """The prediction for `example`, answered in a shared batch."""
+        [prediction] = await self.submit_all([(example, top_k)])
+        return prediction
+
+    async def submit_all(self, items: Sequence[tuple[Example, int]]) -> list[Prediction]:
+        """The predictions for (example, top_k) pairs, queued together or not at all (`Overloaded`).
+
+        The check and the queueing run without an await in between, so concurrent requests cannot all pass
+        the check before any of them is queued.
+        """
         if self._queue is None:
             raise BatcherClosed("the batcher is not running")
-        job = Job(example, top_k, asyncio.get_running_loop().create_future())
-        await self._queue.put(job)
-        return await job.future
+        queued = self._queue.qsize()
+        if self.max_queue is not None and queued + len(items) > self.max_queue:
+            raise Overloaded(
+                f"{queued} questions are waiting for the model and this request adds {len(items)} "
+                f"(--max-queue {self.max_queue}): retry in a moment"
+            )
+        loop = asyncio.get_running_loop()
+        jobs = [Job(example, top_k, loop.create_future()) for example, top_k in items]
+        for job in jobs:
+            self._queue.put_nowait(job)  # the queue is unbounded: this never blocks
+        return list(await asyncio.gather(*(job.future for job in jobs)))
 
     async def _next_batch(self) -> list[Job]:
         """Block for the first job, then collect more until the batch is full or the wait is over."""
