@@ -313,78 +313,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_given_qa_teacher_is_used_in_place_and_the_run_needs_no_finetune_section(
-    tmp_path, capsys, monkeypatch
-):
+def tiny_qa_teacher(folder: Path) -> Path:
+    """A tiny (untrained) RoBERTa QA model: a teacher that needs no fine-tuning."""
     from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
 
-    monkeypatch.chdir(tmp_path)
-    teacher = create_tiny_qa_model(
-        tmp_path / "qa-teacher", train_tokenizer("bpe", spanish_texts(), tmp_path / "tok", vocab_size=500)
-    )
-    data = {"train": "sample_train", "dev": None, "max_length": 96, "doc_stride": 32}
+    tokenizer = train_tokenizer("bpe", spanish_texts(), folder.parent / f"{folder.name}-tok", vocab_size=500)
+    return create_tiny_qa_model(folder, tokenizer)
+
+
+def given_teacher_recipe(tmp_path: Path, name: str, teacher: str) -> Path:
+    """A recipe without `finetune`: `teacher` (a folder or a Hub id), one 1-layer student, tiny budgets."""
     recipe = {
-        "name": "given",
-        "output": "runs/given",
-        "teacher": str(teacher),
+        "name": name,
+        "output": f"runs/{name}",
+        "teacher": teacher,
         "distill": [
             {
                 "name": "s1",
-                "teacher": str(teacher),
-                "output": "runs/given/s1",
-                "student": {"layers": 1, "init": "teacher-layers"},
-                "loss": {"kd": 1.0, "ce": 1.0, "hidden": 0.0, "attention": 0.0},
-                "data": data,
-                "train": {
-                    "max_steps": 2,
-                    "batch_size": 8,
-                    "precision": "fp32",
-                    "device": "cpu",
-                    "tensorboard": False,
-                },
-            }
-        ],
-        "backends": ["pytorch"],
-        "evaluate": {"datasets": ["sample_dev"], "limit": 6, "max_length": 96, "doc_stride": 32},
-        "bench": {
-            "dataset": "sample_dev",
-            "questions": 2,
-            "repeats": 3,
-            "budget_s": 0.1,
-            "batch_size": 2,
-            "seq_len": 96,
-        },
-    }
-    path = tmp_path / "given.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    status, out, err = run_cli(capsys, "run", str(path))
-    assert status == 0, err
-    summary = json.loads((tmp_path / "runs" / "given" / "summary.json").read_text())
-    assert summary["models"][0]["folder"] == str(teacher) and summary["models"][0]["source"] == str(teacher)
-    assert [r["model"] for r in summary["evaluation"]["rows"]] == ["teacher", "s1"]
-    assert not (tmp_path / "runs" / "given" / "teacher").exists()  # a local teacher is read in place
-    meta = yaml.safe_load((tmp_path / "runs" / "given" / "s1" / "README.md").read_text().split("---")[1])
-    assert "base_model" not in meta  # a local folder is no Hub id
-    assert "report.html" in out
-
-
-def test_a_hub_teacher_is_downloaded_once_saved_in_the_run_and_named_as_base_model(tmp_path):
-    from hub_server import FakeHub
-    from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
-
-    teacher = create_tiny_qa_model(
-        tmp_path / "hub" / "qa-teacher",
-        train_tokenizer("bpe", spanish_texts(), tmp_path / "tok", vocab_size=500),
-    )
-    recipe = {
-        "name": "hub",
-        "output": "runs/hub",
-        "teacher": "tiny-org/qa-teacher",
-        "distill": [
-            {
-                "name": "s1",
-                "teacher": "tiny-org/qa-teacher",
-                "output": "runs/hub/s1",
+                "teacher": teacher,
+                "output": f"runs/{name}/s1",
                 "student": {"layers": 1, "init": "teacher-layers"},
                 "loss": {"kd": 1.0, "ce": 1.0, "hidden": 0.0, "attention": 0.0},
                 "data": {"train": "sample_train", "dev": None, "max_length": 96, "doc_stride": 32},
@@ -408,8 +355,33 @@ def test_a_hub_teacher_is_downloaded_once_saved_in_the_run_and_named_as_base_mod
             "seq_len": 96,
         },
     }
-    path = tmp_path / "hub.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_given_qa_teacher_is_used_in_place_and_the_run_needs_no_finetune_section(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    teacher = tiny_qa_teacher(tmp_path / "qa-teacher")
+    path = given_teacher_recipe(tmp_path, "given", str(teacher))
+    status, out, err = run_cli(capsys, "run", str(path))
+    assert status == 0, err
+    summary = json.loads((tmp_path / "runs" / "given" / "summary.json").read_text())
+    assert summary["models"][0]["folder"] == str(teacher) and summary["models"][0]["source"] == str(teacher)
+    assert [r["model"] for r in summary["evaluation"]["rows"]] == ["teacher", "s1"]
+    assert not (tmp_path / "runs" / "given" / "teacher").exists()  # a local teacher is read in place
+    meta = yaml.safe_load((tmp_path / "runs" / "given" / "s1" / "README.md").read_text().split("---")[1])
+    assert "base_model" not in meta  # a local folder is no Hub id
+    assert "report.html" in out
+
+
+def test_a_hub_teacher_is_downloaded_once_saved_in_the_run_and_named_as_base_model(tmp_path):
+    from hub_server import FakeHub
+
+    teacher = tiny_qa_teacher(tmp_path / "hub" / "qa-teacher")
+    path = given_teacher_recipe(tmp_path, "hub", "tiny-org/qa-teacher")
     argv = [sys.executable, "-m", "tinyroberta_es.cli", "run", str(path)]
     with FakeHub({"tiny-org/qa-teacher": teacher}) as hub:
         env = cli_env() | {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}

@@ -164,7 +164,7 @@ def _pytorch_bf16_compiled(source: str, device: str, threads: int | None) -> Run
     import torch._inductor.config as inductor
     import torch._inductor.select_algorithm as select_algorithm
 
-    from tinyroberta_es.inference import load_fast_tokenizer, tokenizer_folder
+    from tinyroberta_es.inference import load_fast_tokenizer, max_tokens, tokenizer_folder
 
     runner = _pytorch_bf16(source, device, threads)
     inductor.freezing = True
@@ -172,12 +172,11 @@ def _pytorch_bf16_compiled(source: str, device: str, threads: int | None) -> Run
     select_algorithm.PRINT_AUTOTUNE = False
     compiled = torch.compile(runner.module, dynamic=True, mode="max-autotune-no-cudagraphs")
     forward = torch_forward(compiled, torch.device(runner.device))
-    config = runner.module.config
     # Warm up with the inputs the tokenizer makes (another set of keyword arguments recompiles) at a
     # realistic window length (autotuning picks kernels for the sizes it first sees).
     made = load_fast_tokenizer(tokenizer_folder(source)).model_input_names
     names = [n for n in runner.input_names if n in made]
-    length = min(384, getattr(config, "max_position_embeddings", 514) - 2 - (config.pad_token_id or 0))
+    length = min(384, max_tokens(runner.module.config) or 384)
     try:
         for batch in (1, 2):  # batch 1 gets its own graph (dynamic shapes specialise sizes 0 and 1)
             ones = np.ones((batch, length), dtype=np.int64)

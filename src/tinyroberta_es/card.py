@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyroberta_es.atomic import write_text
+from tinyroberta_es.config import to_yaml
 from tinyroberta_es.data.sources import DATASETS, normalize_name
 from tinyroberta_es.errors import UserError
 
@@ -47,10 +48,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def model_card(summary: dict[str, Any], student: str) -> str:
     """The Hugging Face model card (README.md text) of the student named `student`."""
-    import yaml
-
     model = find_model(summary, student)
-    front = yaml.safe_dump(metadata(summary, model), sort_keys=False, allow_unicode=True)
+    front = to_yaml(metadata(summary, model))
     sections = [
         f"# {student}\n\n{intro(summary, model)}",
         f"## Teacher\n\n{teacher_section(summary)}",

@@ -258,6 +258,25 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def to_yaml(data: Any) -> str:
+    """Plain data as block YAML, keys in their order, non-ASCII kept (resolved recipes, model cards)."""
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def add_set_flag(parser: Any, example: str) -> None:
+    """The repeatable `--set KEY=VALUE` flag of the commands that take a configuration (`args.overrides`)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a setting, e.g. {example} (repeatable)",
+    )
+
+
 def apply_overrides(config: T, overrides: list[str]) -> T:
     """Apply `key.sub=value` overrides (values parsed as YAML) to a dataclass config; returns a new one."""
     import yaml

@@ -130,6 +130,19 @@ def tokenizer_folder(source: str | Path) -> str:
     return str(path)
 
 
+def max_tokens(config: object) -> int | None:
+    """How many tokens a model with this config reads at once (None when its config does not say).
+
+    RoBERTa-style models number positions from pad_token_id + 1, so they hold that many fewer tokens than
+    they have position embeddings.
+    """
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return None
+    roberta = getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert")
+    return positions - (config.pad_token_id + 1 if roberta else 0)
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (library errors can run to pages)."""
     text = str(err).strip()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyroberta_es import atomic
+from tinyroberta_es.config import to_yaml
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def blocks(summary: dict[str, Any], curves: Path | None, scatter: Path | None) -
     doc.append(Image(curves, "training curves") if curves else Para(NO_CURVES))
     doc.append(Image(scatter, "F1 against latency") if scatter else Para(NO_SCATTER))
     recipe = summary.get("recipe")
-    text = yaml_text(recipe) if recipe else "# no recipe recorded\n"
+    text = to_yaml(recipe) if recipe else "# no recipe recorded\n"
     times = [
         {"stage": name, "finished at": str(t.get("finished_at") or ""), "seconds": _num(t.get("seconds"), 1)}
         for name, t in (summary.get("stages") or {}).items()
@@ -136,13 +137,6 @@ def speed_blocks(summary: dict[str, Any]) -> list[Block]:
         cols = ("stage", "model", "backend", "reason")
         out += [Para("Skipped:"), Table([{c: str(s.get(c, "")) for c in cols} for s in skipped])]
     return out
-
-
-def yaml_text(data: Any) -> str:
-    """`data` as block YAML, keys in their order, non-ASCII kept."""
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from tinyroberta_es import atomic
 from tinyroberta_es.commands.evaluate import DEFAULT_NORMALIZATIONS
-from tinyroberta_es.config import to_dict
+from tinyroberta_es.config import to_dict, to_yaml
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.recipe import Recipe
 from tinyroberta_es.stages import Stage, StageRecords
@@ -38,7 +38,7 @@ def run_recipe(recipe: Recipe, command: str = "", only: list[str] | None = None)
     recipe = check_recipe(recipe)
     out = Path(recipe.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "recipe.yaml", _yaml(to_dict(recipe)))
+    atomic.write_text(out / "recipe.yaml", to_yaml(to_dict(recipe)))
     records = StageRecords(out)
     stages = plan(recipe, out, command)
     names = [s.name for s in stages]
@@ -381,9 +381,3 @@ def write_report(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
     cards = [str(write_card(summary, s.name)) for s in recipe.distill]
     print(f"report: {out / 'report' / 'report.html'} (and report.md); model cards: {', '.join(cards)}")
     return {"report": [str(p) for p in paths], "cards": cards}
-
-
-def _yaml(data: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

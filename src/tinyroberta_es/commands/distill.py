@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tinyroberta_es.config import add_set_flag
+
 HELP = "distil a teacher QA model into a compact student QA model (TinyBERT-style)"
 
 log = logging.getLogger(__name__)
@@ -24,13 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="student model folder to write (overrides the recipe)")
     parser.add_argument("--train", help="training dataset name or path (overrides data.train)")
     parser.add_argument("--dev", help="dev dataset evaluated during training (overrides data.dev)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config value, e.g. --set train.lr=1e-4 --set loss.attention=0",
-    )
+    add_set_flag(parser, "train.lr=1e-4 or loss.attention=0")
 
 
 def resolve_config(args: argparse.Namespace):
@@ -55,7 +51,7 @@ def resolve_config(args: argparse.Namespace):
         config = students[names.index(args.name) if args.name else 0]
     flags = {"teacher": args.teacher, "output": args.output, "data.train": args.train, "data.dev": args.dev}
     overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    return apply_overrides(config, overrides + args.set)
+    return apply_overrides(config, overrides + args.overrides)
 
 
 def run(args: argparse.Namespace) -> None:

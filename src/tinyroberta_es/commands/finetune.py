@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tinyroberta_es.config import add_set_flag
+
 HELP = "fine-tune an encoder for extractive QA (the teacher); rerun to resume"
 
 log = logging.getLogger(__name__)
@@ -30,14 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--dev", default=None, help="dev set evaluated while training (--set data.dev=null: none)"
     )
     parser.add_argument("--output", default=None, help="model folder to write (rerun to resume)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. train.lr=3e-5 or data.max_length=256 (repeatable)",
-    )
+    add_set_flag(parser, "train.lr=3e-5 or data.max_length=256")
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
@@ -130,7 +125,7 @@ def load_encoder(source: str, max_length: int) -> tuple[Any, Any]:
     from transformers import AutoModelForQuestionAnswering
 
     from tinyroberta_es.errors import UserError
-    from tinyroberta_es.inference import first_line, load_fast_tokenizer, model_source
+    from tinyroberta_es.inference import first_line, load_fast_tokenizer, max_tokens, model_source
 
     source = model_source(source)
     tokenizer = load_fast_tokenizer(source)
@@ -138,13 +133,10 @@ def load_encoder(source: str, max_length: int) -> tuple[Any, Any]:
         model = AutoModelForQuestionAnswering.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load {source} as a question-answering model: {first_line(err)}") from None
-    config = model.config
-    # RoBERTa-style models number positions from pad_token_id + 1, so they hold that many fewer tokens.
-    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta", "camembert") else 0
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions and max_length > positions - offset:
+    limit = max_tokens(model.config)
+    if limit and max_length > limit:
         raise UserError(
-            f"data.max_length {max_length} is longer than {source} can read ({positions - offset} tokens): "
-            f"use --set data.max_length={positions - offset}"
+            f"data.max_length {max_length} is longer than {source} can read ({limit} tokens): "
+            f"use --set data.max_length={limit}"
         )
     return model, tokenizer

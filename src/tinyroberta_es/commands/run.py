@@ -10,20 +10,15 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from tinyroberta_es.config import add_set_flag
+
 HELP = "run a recipe: fine-tune, distil, export, evaluate, benchmark, report (rerun to resume)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the `run` flags to `parser`."""
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/sample.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe setting, e.g. distill.0.train.epochs=3 (repeatable)",
-    )
+    add_set_flag(parser, "distill.0.train.epochs=3 or evaluate.limit=100")
     parser.add_argument(
         "--stages",
         default=None,
