@@ -19,3 +19,21 @@ def assert_one_line_error(status: int, err: str, *needles: str) -> None:
     assert len(lines) == 1 and "Traceback" not in err, err
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cli(processes: int = 2) -> list[str]:
+    """The argv prefix of `tinyroberta-es ...` under torchrun with `processes` local processes."""
+    import sys
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    argv += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    return [*argv, "-m", "tinyroberta_es.cli"]

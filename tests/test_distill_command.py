@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from cli_helpers import assert_one_line_error
@@ -69,7 +70,11 @@ def test_one_stage_distillation_writes_a_trimmed_student(teacher, tmp_path, cach
     parts = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = set().union(*(row.keys() for row in parts))
     assert {"kd", "ce", "hidden_0", "hidden_2", "attention_1", "attention_2"} <= logged, logged
-    assert any((cache / "teacher_logits").iterdir())  # the teacher's logits were cached
+    shares = [row for row in parts if "share_kd" in row]  # each group's share of the gradient norm
+    assert shares and {"share_ce", "share_hidden", "share_attention"} <= set(shares[0])
+    assert sum(v for k, v in shares[0].items() if k.startswith("share_")) == pytest.approx(1.0, abs=1e-3)
+    # the teacher runs online for the intermediate losses, and KD reads its logits: no cache pass
+    assert not (cache / "teacher_logits").exists()
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["student"]["trim_vocab"] == ["sample"]
     # a finished run is left as it is
@@ -77,17 +82,21 @@ def test_one_stage_distillation_writes_a_trimmed_student(teacher, tmp_path, cach
     assert status == 0 and "finished" in stdout
 
 
-def test_two_stage_distillation(teacher, tmp_path, capsys):
+def test_two_stage_distillation(teacher, tmp_path, cache, capsys):
     out = tmp_path / "student"
     status, _, err = distill(
         capsys, teacher, out, "--set", "student.layers=2", "--set", "student.init=teacher-layers",
-        "--set", "schedule=two-stage", "--set", "intermediate_epochs=1", "--set", "loss.attention_loss=kl",
+        "--set", "schedule=two-stage", "--set", "intermediate.epochs=1", "--set", "intermediate.lr=0.003",
+        "--set", "intermediate.warmup_ratio=0", "--set", "loss.attention_loss=kl",
     )  # fmt: skip
     assert status == 0, err
+    assert any((cache / "teacher_logits").iterdir())  # the prediction stage reads the cached logits
     stage1 = [
         json.loads(line) for line in (tmp_path / "student.stage1" / "metrics.jsonl").read_text().splitlines()
     ]
     assert all("kd" not in row and "ce" not in row for row in stage1)  # intermediate losses only
+    # the first stage's own lr without warmup: 0.003, decayed linearly over 3 steps to 0.001 at the last
+    assert stage1[-1]["lr"] == pytest.approx(0.001)
     stage2 = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
     assert all("hidden_1" not in row for row in stage2)  # then the prediction layer only
     AutoModelForQuestionAnswering.from_pretrained(out)
@@ -107,12 +116,51 @@ def test_undistilled_twin_and_augmentation(teacher, tmp_path, cache, capsys):
     assert status == 0, err
 
 
+def test_frozen_word_embeddings_are_honoured(teacher, tmp_path, capsys):
+    """Defect: distill ignored train.freeze_word_embeddings while run_config.json recorded it."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "student"
+    status, _, err = distill(
+        capsys, teacher, out, "--set", "student.layers=2", "--set", "student.init=teacher-layers",
+        "--set", "train.freeze_word_embeddings=true", "--set", "train.lr=0.01",
+    )  # fmt: skip
+    assert status == 0, err
+    student = load_file(out / "model.safetensors")
+    taught = load_file(teacher / "model.safetensors")
+    name = next(k for k in student if k.endswith("word_embeddings.weight"))
+    torch.testing.assert_close(student[name], taught[name], rtol=0, atol=0)  # copied, never trained
+    layer = next(k for k in student if k.endswith("layer.0.attention.self.query.weight"))
+    assert not torch.allclose(student[layer], taught[layer])  # the rest trained
+
+
+def test_resuming_with_other_loss_weights_is_refused(teacher, tmp_path, capsys):
+    out = tmp_path / "student"
+    args = ["--set", "student.layers=2", "--set", "student.init=teacher-layers"]
+    status, _, err = distill(capsys, teacher, out, *args, "--set", "train.checkpoint_every=1")
+    assert status == 0, err
+    (out / "train_state.json").unlink()  # as if killed after its last checkpoint
+    status, _, err = distill(
+        capsys, teacher, out, *args, "--set", "train.checkpoint_every=1", "--set", "loss.kd=3"
+    )
+    assert_one_line_error(status, err, "objective.weight.kd 1.0 -> 3.0")
+
+
 @pytest.mark.parametrize(
     ("extra", "needles"),
     [
         (["--set", "student.layers=3"], ["not a multiple", "loss.layer_map"]),
         (["--set", "student.layers=2", "--set", "student.heads=2"], ["heads", "loss.attention"]),
         (["--set", "student.layers=2", "--set", "loss.lossy=1"], ["lossy"]),
+        (["--set", "loss.kd=0", "--set", "loss.ce=0", "--set", "loss.hidden=0", "--set", "loss.attention=0"],
+         ["every loss weight is 0", "loss.kd=1"]),
+        (["--set", "schedule=two-stage", "--set", "intermediate.epochs=1", "--set", "loss.hidden=0",
+          "--set", "loss.attention=0"], ["first stage would have no loss"]),
+        (["--set", "intermediate.epochs=1"], ["schedule is one-stage"]),
+        (["--set", "student.layers=2", "--set", "loss.relations=1", "--set", "loss.relation_heads=5"],
+         ["loss.relation_heads 5"]),
+        (["--set", "student.layers=2", "--set", "loss.relations=1", "--set", "loss.relation_layer=9"],
+         ["loss.relation_layer 9"]),
         (["--set", "student.layers=2", "--set", "student.init=teacher-layers",
           "--set", "student.hidden_size=16"], ["student.hidden_size"]),
     ],
@@ -130,3 +178,49 @@ def test_missing_teacher_and_ambiguous_recipe(tmp_path, capsys):
     recipe.write_text("distill:\n  - name: a\n  - name: b\n", encoding="utf-8")
     status = main(["distill", "--config", str(recipe)])
     assert_one_line_error(status, capsys.readouterr().err, "--name", "a, b")
+
+
+@pytest.mark.slow
+def test_two_stage_distillation_under_torchrun(teacher, tmp_path, cache):
+    """Defects: in the prediction stage DDP raised on the projection that had no loss; every rank wrote
+    run_config.json and metrics.json (others empty); every rank computed the whole teacher-logit cache."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = tmp_path / "student"
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+    ]
+    argv += ["--master_port", port, "-m", "tinyroberta_es.cli", "distill", "--teacher", str(teacher)]
+    argv += ["--output", str(out), "--train", "sample", "--dev", "sample", "--set", "student.preset=null"]
+    argv += [*SMOKE, "--set", "student.layers=2", "--set", "student.init=teacher-layers"]
+    argv += [
+        "--set",
+        "schedule=two-stage",
+        "--set",
+        "intermediate.epochs=1",
+        "--set",
+        "loss.attention_loss=kl",
+    ]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = os.environ | {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "TINYROBERTA_ES_CACHE": str(cache)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "train_state.json").read_text())["step"] == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "f1" in metrics and metrics["params"] > 0  # rank 0's, not overwritten by an empty one
+    assert done.stderr.count("teacher logits: cache miss") == 2  # each process computed its share...
+    entries = list((cache / "teacher_logits").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith(".tmp")  # ...into one entry
+    assert json.loads((entries[0] / "meta.json").read_text())["n"] > 0

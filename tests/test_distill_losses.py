@@ -13,10 +13,10 @@ from tinyroberta_es.distill.losses import (
     ATTENTION_LOSSES,
     attention_kl,
     attention_mse,
-    ce_loss,
     hidden_mse,
     kd_loss,
 )
+from tinyroberta_es.qa_loss import qa_cross_entropy as ce_loss
 
 # KL([3/4, 1/4] || [1/2, 1/2]) = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.304099 - 0.173287 = 0.130812
 KL_34_UNIFORM = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
@@ -127,6 +127,37 @@ def test_ce_loss_all_ignored_is_zero_not_nan():
     loss.backward()
     assert loss.item() == 0.0
     assert torch.isfinite(start.grad).all() and torch.isfinite(end.grad).all()
+
+
+def test_ce_loss_masks_padding_so_batch_mates_do_not_matter():
+    """Defect: the hard-label loss saw padded positions, so a window's loss depended on its batch-mates."""
+    g = _gen(5)
+    short_start, short_end = torch.randn(1, 4, generator=g), torch.randn(1, 4, generator=g)
+    sp, ep = torch.tensor([1]), torch.tensor([2])
+    alone = ce_loss(short_start, short_end, sp, ep, torch.ones(1, 4))
+    # the same window padded to 9 tokens beside a longer one; padding logits are arbitrary (here large)
+    pad = torch.full((1, 5), 5.0)
+    start = torch.cat([torch.cat([short_start, pad], 1), torch.randn(1, 9, generator=g)])
+    end = torch.cat([torch.cat([short_end, pad], 1), torch.randn(1, 9, generator=g)])
+    mask = torch.tensor([[1] * 4 + [0] * 5, [1] * 9])
+    first_row_only = torch.tensor([1.0, 0.0])
+    padded = ce_loss(start, end, torch.tensor([1, 3]), torch.tensor([2, 4]), mask, first_row_only)
+    torch.testing.assert_close(padded, alone, rtol=1e-6, atol=1e-6)
+    unmasked = ce_loss(start, end, torch.tensor([1, 3]), torch.tensor([2, 4]), None, first_row_only)
+    assert unmasked.item() > alone.item() + 1  # what the unmasked loss did
+
+
+def test_ce_loss_row_weights():
+    g = _gen(6)
+    start, end = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    sp, ep = torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])
+    rows = [ce_loss(start[i : i + 1], end[i : i + 1], sp[i : i + 1], ep[i : i + 1]) for i in range(3)]
+    weights = torch.tensor([1.0, 0.0, 3.0])  # row 1 (an augmented window) gets no hard-label loss
+    got = ce_loss(start, end, sp, ep, row_weights=weights)
+    torch.testing.assert_close(got, (rows[0] + 3 * rows[2]) / 4, rtol=1e-6, atol=1e-6)
+    nothing = ce_loss(start.requires_grad_(), end, sp, ep, row_weights=torch.zeros(3))
+    nothing.backward()
+    assert nothing.item() == 0.0 and torch.isfinite(start.grad).all()
 
 
 # ---- hidden_mse ------------------------------------------------------------------------------------------

@@ -66,13 +66,13 @@ def test_softmax_of_scores_equals_eager_probabilities(arch):
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     eager = model(**inputs, output_attentions=True)
     assert captured.attention_scores is not None and len(captured.attention_scores) == LAYERS
-    for scores, probs in zip(captured.attention_scores, eager.attentions, strict=True):
+    for scores, probs in zip(captured.attention_scores.values(), eager.attentions, strict=True):
         assert scores.shape == probs.shape == (2, HEADS, 8, 8)
         torch.testing.assert_close(torch.softmax(scores + _key_mask(batch["attention_mask"]), -1), probs)
         assert not torch.allclose(scores, probs)  # they really are scores, not probabilities
-    # the adapter's capture does not change the logits at all (same operations as eager attention)
-    assert torch.equal(captured.start_logits, eager.start_logits)
-    assert torch.equal(captured.end_logits, eager.end_logits)
+    # the adapter's capture does not change the logits (the same operations as eager attention)
+    torch.testing.assert_close(captured.start_logits, eager.start_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(captured.end_logits, eager.end_logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -88,7 +88,7 @@ def test_scores_are_scaled_dot_products_before_the_mask(arch):
 
     q, k = heads(attention.query(h)), heads(attention.key(h))
     expected = q @ k.transpose(-1, -2) / (HIDDEN // HEADS) ** 0.5  # (B, h, T, T), padded keys included
-    torch.testing.assert_close(out.attention_scores[0], expected)
+    torch.testing.assert_close(out.attention_scores[1], expected)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -124,14 +124,14 @@ def test_only_model_inputs_reach_the_model(arch):
     model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
     forward_qa(model, tiny_batch(arch), hidden_states=True, attention_scores=True)
     inputs = {"input_ids", "attention_mask"} | ({"token_type_ids"} if arch == "bert" else set())
-    assert seen == [inputs | {"output_hidden_states", "output_attentions"}]
+    assert seen == [inputs | {"output_hidden_states"}]
 
 
 def test_gradients_flow_through_captured_scores_in_training_mode():
     model = tiny_qa_model("roberta", dropout=0.1).train()
     out = forward_qa(model, tiny_batch("roberta"), hidden_states=True, attention_scores=True)
     loss = (
-        out.attention_scores[1].pow(2).mean() + out.hidden_states[1].pow(2).mean() + out.start_logits.mean()
+        out.attention_scores[2].pow(2).mean() + out.hidden_states[1].pow(2).mean() + out.start_logits.mean()
     )
     loss.backward()
     query = model.base_model.encoder.layer[1].attention.self.query.weight
@@ -145,11 +145,11 @@ def test_works_under_bf16_autocast():
     reference = forward_qa(model, batch, attention_scores=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = forward_qa(model, batch, attention_scores=True)
-    assert out.attention_scores[0].dtype == torch.bfloat16
-    for low, high in zip(out.attention_scores, reference.attention_scores, strict=True):
+    assert out.attention_scores[1].dtype == torch.bfloat16
+    for low, high in zip(out.attention_scores.values(), reference.attention_scores.values(), strict=True):
         torch.testing.assert_close(low.float(), high, atol=0.1, rtol=0.05)
     torch.testing.assert_close(out.start_logits.float(), reference.start_logits, atol=0.1, rtol=0.05)
-    out.attention_scores[0].float().pow(2).mean().backward()
+    out.attention_scores[1].float().pow(2).mean().backward()
     grad = model.base_model.encoder.layer[0].attention.self.key.weight.grad
     assert grad is not None and torch.isfinite(grad).all()
 
@@ -165,7 +165,7 @@ def test_model_is_switched_back_when_the_forward_fails():
 def test_a_model_that_bypasses_the_attention_interface_is_refused(monkeypatch):
     # as with transformers 4.x BERT/RoBERTa: the switch has no effect, the layers return probabilities
     monkeypatch.setattr(outputs, "_set_attn_implementation", lambda model, name: None)
-    with pytest.raises(UserError, match=r"0 of 2 layers.*set loss\.attention to 0"):
+    with pytest.raises(UserError, match=r"0 of 2 layers.*set loss\.attention and loss\.relations to 0"):
         forward_qa(tiny_qa_model("bert"), tiny_batch("bert"), attention_scores=True)
 
 
@@ -182,7 +182,7 @@ def test_wrapped_models_are_unwrapped():
     batch = tiny_batch("bert")
     wrapped = forward_qa(Wrapper(model), batch, attention_scores=True)
     torch.testing.assert_close(
-        wrapped.attention_scores[0], forward_qa(model, batch, attention_scores=True).attention_scores[0]
+        wrapped.attention_scores[1], forward_qa(model, batch, attention_scores=True).attention_scores[1]
     )
 
 
@@ -196,7 +196,43 @@ def test_activation_checkpointing_recomputes_with_the_scores_attention():
             )
             enable()
         out = forward_qa(model, tiny_batch("roberta"), attention_scores=True)
-        (out.attention_scores[0].pow(2).mean() + out.start_logits.mean()).backward()
+        (out.attention_scores[1].pow(2).mean() + out.start_logits.mean()).backward()
         return model.base_model.encoder.layer[0].attention.self.query.weight.grad
 
     torch.testing.assert_close(grads(True), grads(False))
+
+
+def test_only_the_layers_asked_keep_scores_and_the_rest_run_on_sdpa(monkeypatch):
+    """A 24 -> 6 map reads 6 teacher layers: the others must not keep (B, h, T, T) scores."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    model = tiny_qa_model("roberta")
+    batch = tiny_batch("roberta")
+    full = forward_qa(model, batch, hidden_states=True, attention_scores=True)
+    calls: list[int] = []
+    real = sdpa.sdpa_attention_forward
+    monkeypatch.setattr(
+        sdpa, "sdpa_attention_forward", lambda module, *a, **k: calls.append(1) or real(module, *a, **k)
+    )
+    some = forward_qa(model, batch, hidden_states=True, attention_scores=[2])
+    assert list(some.attention_scores) == [2] and len(calls) == 1  # layer 1 ran on SDPA
+    torch.testing.assert_close(some.attention_scores[2], full.attention_scores[2])
+    torch.testing.assert_close(some.start_logits, full.start_logits, rtol=1e-5, atol=1e-5)
+    for a, b in zip(some.hidden_states, full.hidden_states, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"layers \[3\] do not exist"):
+        forward_qa(model, batch, attention_scores=[3])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_query_key_value_capture(arch):
+    model = tiny_qa_model(arch)
+    batch = tiny_batch(arch)
+    out = forward_qa(model, batch, hidden_states=True, qkv=[2])
+    assert out.attention_scores is None and list(out.qkv) == [2]
+    attention = model.base_model.encoder.layer[1].attention.self
+    hidden = out.hidden_states[1]  # the input of layer 2
+    for name in ("query", "key", "value"):
+        assert out.qkv[2][name].shape == (2, 8, HIDDEN)
+        torch.testing.assert_close(out.qkv[2][name], getattr(attention, name)(hidden), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.start_logits, forward_qa(model, batch).start_logits, rtol=1e-5, atol=1e-5)

@@ -206,3 +206,23 @@ def test_plots_without_matplotlib_say_how_to_install_it(
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     with pytest.raises(UserError, match=r"pip install 'tinyroberta-es\[bench\]'"):
         report.write_report(summary, tmp_path)
+
+
+def test_loss_balance_rows_read_gradient_shares_of_both_stages(tmp_path):
+    from tinyroberta_es.report import loss_balance_rows
+
+    student = tmp_path / "student"
+    (tmp_path / "student.stage1").mkdir()
+    student.mkdir()
+    rows = [{"step": 1, "share_hidden": 0.9, "share_attention": 0.1}, {"step": 2, "loss": 1.0}]
+    rows += [{"step": 3, "share_hidden": 0.5, "share_attention": 0.5}]
+    (tmp_path / "student.stage1" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (student / "metrics.jsonl").write_text(json.dumps({"step": 1, "share_kd": 0.25, "share_ce": 0.75}))
+    summary = {"models": [{"name": "s", "metrics_log": str(student / "metrics.jsonl")}, {"name": "t"}]}
+    got = {(r["stage"], r["group"]): (r["first"], r["last"], r["mean"]) for r in loss_balance_rows(summary)}
+    assert got == {
+        ("intermediate", "hidden"): ("90.0%", "50.0%", "70.0%"),
+        ("intermediate", "attention"): ("10.0%", "50.0%", "30.0%"),
+        ("prediction", "kd"): ("25.0%", "25.0%", "25.0%"),
+        ("prediction", "ce"): ("75.0%", "75.0%", "75.0%"),
+    }

@@ -178,3 +178,26 @@ def test_reopens_after_pickling_and_rejects_damage(teacher, features, tmp_path):
         TeacherLogits(cached.path)
     with pytest.raises(UserError, match="precision"):
         teacher_logits(teacher, features, Path(tmp_path), precision="int8")
+
+
+def test_two_processes_each_compute_a_share_and_rank_zero_writes_the_whole_entry(
+    teacher, features, tmp_path, monkeypatch
+):
+    """Under torchrun each process computes every other window; rank 0 gathers them into one entry."""
+    from tinyroberta_es.distill import cache
+
+    whole = teacher_logits(teacher, features, tmp_path / "one")
+    windows: list[int] = []
+    teacher.register_forward_hook(
+        lambda m, args, kwargs, out: windows.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    order = np.argsort(-features.lengths, kind="stable")
+    other = order[1::2]  # what rank 1 computes, handed over by the (patched) gather
+    rank1 = (other, *cache._compute(teacher, features, other, batch_size=64, device="cpu", precision="fp32"))
+    monkeypatch.setattr(cache, "gather", lambda obj, world_size: [obj, rank1])
+    monkeypatch.setattr(cache, "barrier", lambda world_size: None)
+    windows.clear()
+    sharded = teacher_logits(teacher, features, tmp_path / "two", rank=0, world_size=2)
+    assert sum(windows) == len(order[0::2])  # rank 0 ran its own share only
+    np.testing.assert_array_equal(np.asarray(sharded.start), np.asarray(whole.start))
+    np.testing.assert_array_equal(np.asarray(sharded.end), np.asarray(whole.end))

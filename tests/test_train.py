@@ -243,6 +243,40 @@ def test_resuming_with_another_batch_size_is_refused(tmp_path):
         train(QALoss(model), synthetic_features(), config(batch_size=8), tmp_path, save_model=print)
 
 
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"lr": 0.5}, r"lr 0\.01 -> 0\.5"),
+        ({"epochs": 3.0}, r"epochs 100\.0 -> 3\.0"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+    ],
+)
+def test_resuming_with_another_lr_or_length_is_refused(tmp_path, change, needle):
+    """Defect: only the data layout was compared, so a rerun with another lr silently continued the run."""
+    model = TinyQAModel()
+    train(QALoss(model), synthetic_features(), config(max_steps=2), tmp_path, save_model=print)
+    (tmp_path / "train_state.json").unlink()  # as if killed after the last checkpoint
+    with pytest.raises(UserError, match=needle):
+        train(QALoss(model), synthetic_features(), config(max_steps=2, **change), tmp_path, save_model=print)
+
+
+def test_resuming_with_another_objective_is_refused(tmp_path):
+    class Weighted(QALoss):
+        def __init__(self, model, weight: float) -> None:
+            super().__init__(model)
+            self.weight = weight
+
+        def settings(self) -> dict:
+            return {"weight.ce": self.weight}
+
+    model = TinyQAModel()
+    train(Weighted(model, 1.0), synthetic_features(), config(max_steps=2), tmp_path, save_model=print)
+    (tmp_path / "train_state.json").unlink()
+    with pytest.raises(UserError, match=r"objective\.weight\.ce 1\.0 -> 2\.0"):
+        train(Weighted(model, 2.0), synthetic_features(), config(max_steps=2), tmp_path, save_model=print)
+    train(Weighted(model, 1.0), synthetic_features(), config(max_steps=2), tmp_path, save_model=print)
+
+
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     model = TinyQAModel()
     before = model.head.weight.clone()

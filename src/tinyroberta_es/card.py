@@ -8,6 +8,7 @@ README.md, which `tinyroberta-es push` uploads as the Hub model page.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -52,7 +53,7 @@ def model_card(summary: dict[str, Any], student: str) -> str:
     front = to_yaml(metadata(summary, model))
     sections = [
         f"# {student}\n\n{intro(summary, model)}",
-        f"## Teacher\n\n{teacher_section(summary)}",
+        f"## Teacher\n\n{teacher_section(summary, model)}",
         f"## Training data\n\n{training_data(model)}",
         f"## Distillation\n\n{distillation(model)}",
         f"## Evaluation\n\n{evaluation(summary, student)}",
@@ -168,11 +169,12 @@ def student_shape(folder: str) -> str:
 
 
 def intro(summary: dict[str, Any], model: dict[str, Any]) -> str:
-    """What the model is, its size against the teacher's."""
+    """What the model is, who taught it (through teaching assistants), its size against the teacher's."""
     teacher = find_model(summary, summary["teacher"])
     version = summary.get("versions", {}).get("tinyroberta_es", "")
+    taught = ", itself distilled from ".join(f"**{name}**" for name in teachers(summary, model))
     text = (
-        f"An extractive question-answering model for Spanish: a student distilled from **{teacher['name']}** "
+        f"An extractive question-answering model for Spanish: a student distilled from {taught} "
         f"with tinyroberta-es {version}, following *Language Model Knowledge Distillation for Efficient "
         f"Question Answering in Spanish* (SpanishTinyRoBERTa, arXiv 2312.04193)."
     )
@@ -186,12 +188,26 @@ def intro(summary: dict[str, Any], model: dict[str, Any]) -> str:
     return text + (f" Architecture: {shape}." if shape else "")
 
 
-def teacher_section(summary: dict[str, Any]) -> str:
-    """The teacher's name, source, size and how the run obtained it."""
+def teachers(summary: dict[str, Any], model: dict[str, Any]) -> list[str]:
+    """Who taught the student, nearest first, back to the run's teacher: [assistant, ..., teacher]."""
+    return (model.get("chain") or [model["name"], summary["teacher"]])[1:]
+
+
+def teacher_section(summary: dict[str, Any], model: dict[str, Any]) -> str:
+    """The teacher's name, source, size and how the run obtained it; a teaching assistant comes first."""
     recipe, teacher = summary["recipe"], find_model(summary, summary["teacher"])
+    assistants, chain = [], teachers(summary, model)
+    for name, its_teacher in itertools.pairwise(chain):
+        assistant = find_model(summary, name)
+        params = f"{assistant['params']:,} parameters" if assistant.get("params") else NOT_MEASURED
+        assistants.append(
+            f"- Teaching assistant: **{name}** (`{assistant['folder']}`, {params}), a student of this run "
+            f"distilled from **{its_teacher}**"
+        )
     license_ = (recipe.get("card") or {}).get("teacher_license")
     params = f"{teacher['params']:,}" if teacher.get("params") else NOT_MEASURED
     lines = [
+        *assistants,
         f"- Name: {teacher['name']}" + (f" (license: {license_})" if license_ else ""),
         f"- Source: `{teacher.get('source')}`",
         f"- Parameters: {params}",
@@ -238,17 +254,30 @@ def distillation(model: dict[str, Any]) -> str:
     loss, train, student = cfg["loss"], cfg["train"], cfg["student"]
     schedule = cfg["schedule"]
     if schedule == "two-stage":
-        schedule += f" ({cfg['intermediate_epochs']:g} epochs of intermediate losses first)"
+        first = cfg["intermediate"]
+        lr = first["lr"] if first["lr"] is not None else cfg["train"]["lr"]
+        schedule += f" ({first['epochs']:g} epochs of intermediate losses first, at lr {lr:g})"
     trim = student.get("trim_vocab") or []
     lines = [
         f"- Loss weights: KD {loss['kd']:g} (KL on start/end logits, temperature {loss['temperature']:g}), "
         f"gold-span cross-entropy {loss['ce']:g}, hidden-state MSE {loss['hidden']:g}, "
-        f"attention {loss['attention_loss']} {loss['attention']:g}",
+        f"attention {loss['attention_loss']} {loss['attention']:g}"
+        + (
+            f", MiniLM v2 relations {loss['relations']:g} (teacher layer {loss['relation_layer']})"
+            if loss.get("relations")
+            else ""
+        )
+        + (
+            ", each intermediate term normalised by its first value"
+            if loss.get("normalize") == "initial"
+            else ""
+        ),
         f"- Layer map: {loss['layer_map']}",
         f"- Schedule: {schedule}",
         f"- Training: {train['epochs']:g} epochs, learning rate {train['lr']:g}, batch size "
         f"{train['batch_size']}, warmup {train['warmup_ratio']:g}, precision {train['precision']}",
         f"- Initialisation: {student['init']}"
+        + (f" ({student['init_layers']} layers)" if student.get("init", "").endswith("layers") else "")
         + (f" from `{student['folder']}`" if student.get("folder") else ""),
         "- Vocabulary: "
         + (f"trimmed to the pieces used by {', '.join(f'`{t}`' for t in trim)}" if trim else "the teacher's"),

@@ -19,9 +19,11 @@ from tinyroberta_es.errors import UserError
 T = TypeVar("T")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-INITS = ("random", "teacher-layers", "pretrained")
+INITS = ("random", "teacher-layers", "pretrained", "folder-layers")
 ATTENTION_LOSSES = ("mse", "kl")
 LAYER_MAPS = ("uniform", "last")
+RELATION_LAYERS = ("last", "upper-middle")
+NORMALIZATIONS = ("none", "initial")
 SCHEDULES = ("one-stage", "two-stage")
 STUDENT_PRESETS: dict[str, dict[str, int]] = {
     # The paper's SpanishTinyRoBERTa: head dim 32, so its 16 attention maps match a 16-head teacher's.
@@ -122,7 +124,12 @@ class StudentConfig:
     folder: str | None = (
         None  # a model folder whose config (and, with init=pretrained, weights) is the student
     )
-    init: str = "random"  # random (the paper), teacher-layers (DistilBERT-style), pretrained (from `folder`)
+    # random (the paper), teacher-layers (DistilBERT-style), pretrained (from `folder`), folder-layers (the
+    # embeddings, chosen layers and QA head of the model in `folder`, e.g. a deeper student of this teacher)
+    init: str = "random"
+    # teacher-layers/folder-layers: the source layers copied into student layers 1..S: uniform (k*m as in
+    # TinyBERT), bottom (1..S), every-K (K, 2K, ..., S*K) or an increasing list of S layers (1-indexed)
+    init_layers: str | list[int] = "uniform"
     trim_vocab: list[str] = field(default_factory=list)  # keep only pieces these datasets/text files use
 
     def __post_init__(self) -> None:
@@ -131,9 +138,25 @@ class StudentConfig:
             check_choice("student.preset", self.preset, tuple(STUDENT_PRESETS))
         for name in ("layers", "hidden_size", "heads", "intermediate_size"):
             check_positive(f"student.{name}", getattr(self, name))
-        if self.init == "pretrained" and not self.folder:
+        if self.init in ("pretrained", "folder-layers") and not self.folder:
             raise UserError(
-                "student.init is 'pretrained' but student.folder is not set: name the model folder"
+                f"student.init is {self.init!r} but student.folder is not set: name the model folder"
+            )
+        layers = self.init_layers
+        if isinstance(layers, str):
+            k = layers.removeprefix("every-")
+            ok = layers in ("uniform", "bottom") or (k != layers and k.isdecimal() and int(k) > 0)
+        else:
+            ok = bool(layers) and min(layers) >= 1 and layers == sorted(set(layers))
+        if not ok:
+            raise UserError(
+                f"student.init_layers={layers!r} is not a choice of layers: use uniform, bottom, every-K "
+                "(e.g. every-2) or an increasing list of 1-indexed layers such as [2, 4, 6]"
+            )
+        if layers != "uniform" and self.init not in ("teacher-layers", "folder-layers"):
+            raise UserError(
+                f"student.init_layers={layers!r} only applies to init teacher-layers or folder-layers, but "
+                f"student.init is {self.init!r}: set student.init to one of them or leave init_layers unset"
             )
 
 
@@ -143,21 +166,60 @@ class LossConfig:
 
     kd: float = 1.0  # KL(teacher || student) on start and end logits, at `temperature`, times T^2
     temperature: float = 1.0
-    ce: float = 1.0  # cross-entropy on the gold start and end positions
+    ce: float = 1.0  # cross-entropy on the gold start and end positions (original windows only)
     hidden: float = 1.0  # MSE of projected student hidden states against the teacher's (embeddings included)
     attention: float = 1.0
     attention_loss: str = "mse"  # mse on pre-softmax scores (TinyBERT) or kl between attention distributions
     layer_map: str | list[int] = (
         "uniform"  # uniform g(m) = k*m, last, or the teacher layer of each student layer
     )
+    # MiniLM v2: KL between query-query, key-key and value-value relations of one teacher layer and the
+    # student's last layer, over `relation_heads` relation heads (works across widths and head counts)
+    relations: float = 0.0
+    relation_heads: int | None = None  # None: the student's attention heads; must divide both widths
+    relation_layer: str | int = "last"  # teacher layer: last, upper-middle (L - L // 8: 24 -> 21) or 1..L
+    # none: the weights multiply the raw terms; initial: each intermediate term (hidden, attention,
+    # relations) is first divided by its value on the first training batch, so every one starts at 1
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
-        for name in ("kd", "ce", "hidden", "attention"):
+        for name in ("kd", "ce", "hidden", "attention", "relations"):
             check_positive(f"loss.{name}", getattr(self, name), zero_ok=True)
         check_positive("loss.temperature", self.temperature)
+        check_positive("loss.relation_heads", self.relation_heads)
         check_choice("loss.attention_loss", self.attention_loss, ATTENTION_LOSSES)
+        check_choice("loss.normalize", self.normalize, NORMALIZATIONS)
         if isinstance(self.layer_map, str):
             check_choice("loss.layer_map", self.layer_map, LAYER_MAPS)
+        if isinstance(self.relation_layer, str):
+            check_choice("loss.relation_layer", self.relation_layer, RELATION_LAYERS)
+        else:
+            check_positive("loss.relation_layer", self.relation_layer)
+
+    @property
+    def intermediate(self) -> float:
+        """The total weight of the intermediate-layer terms (0: none of them runs)."""
+        return self.hidden + self.attention + self.relations
+
+    @property
+    def prediction(self) -> float:
+        """The total weight of the prediction-layer terms (0: none of them runs)."""
+        return self.kd + self.ce
+
+
+@dataclass
+class StageConfig:
+    """TinyBERT's first stage (intermediate layers) in a two-stage schedule: its own length and optimiser."""
+
+    epochs: float = 0.0  # 0: one-stage schedule only
+    lr: float | None = None  # None: train.lr
+    warmup_ratio: float | None = None  # None: train.warmup_ratio
+
+    def __post_init__(self) -> None:
+        check_positive("intermediate.epochs", self.epochs, zero_ok=True)
+        check_positive("intermediate.lr", self.lr)
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio <= 1:
+            raise UserError(f"intermediate.warmup_ratio is {self.warmup_ratio}; it is a share (0 to 1)")
 
 
 @dataclass
@@ -189,7 +251,9 @@ class DistillConfig:
     schedule: str = (
         "one-stage"  # one-stage (all losses together) or two-stage (intermediate, then prediction)
     )
-    intermediate_epochs: float = 0.0  # two-stage: epochs of the intermediate stage (train.epochs: the second)
+    # two-stage: the first stage (intermediate layers; its epochs, lr and warmup); `train` is the second
+    intermediate: StageConfig = field(default_factory=StageConfig)
+    gradient_shares_every: int = 100  # optimizer steps between measures of each term's share of the gradient
     cache_teacher_logits: bool = True  # compute the teacher's start/end logits once and memory-map them
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -197,10 +261,32 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         check_choice("schedule", self.schedule, SCHEDULES)
-        check_positive("intermediate_epochs", self.intermediate_epochs, zero_ok=True)
-        if self.schedule == "two-stage" and not self.intermediate_epochs:
+        check_positive("gradient_shares_every", self.gradient_shares_every, zero_ok=True)
+        loss = self.loss
+        if loss.intermediate + loss.prediction == 0:
             raise UserError(
-                "schedule is 'two-stage' but intermediate_epochs is 0: set the first stage's epochs"
+                "every loss weight is 0 (loss.kd, loss.ce, loss.hidden, loss.attention, loss.relations): "
+                "set at least one above 0, e.g. loss.kd=1"
+            )
+        if self.schedule == "two-stage":
+            if not self.intermediate.epochs:
+                raise UserError(
+                    "schedule is 'two-stage' but intermediate.epochs is 0: set the first stage's epochs"
+                )
+            if loss.intermediate == 0:
+                raise UserError(
+                    "schedule is 'two-stage' but loss.hidden, loss.attention and loss.relations are 0: the "
+                    "first stage would have no loss; set one above 0 or use schedule one-stage"
+                )
+            if loss.prediction == 0:
+                raise UserError(
+                    "schedule is 'two-stage' but loss.kd and loss.ce are 0: the second stage would have no "
+                    "loss; set loss.kd above 0 or use schedule one-stage"
+                )
+        elif self.intermediate != StageConfig():
+            raise UserError(
+                "intermediate.* sets the first stage of schedule two-stage, but schedule is one-stage: "
+                "set schedule=two-stage or remove the intermediate section"
             )
 
 

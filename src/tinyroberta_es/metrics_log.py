@@ -43,6 +43,7 @@ class MetricsLog:
 
     def _reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, float] = {}  # batch shares each name was seen in (gradient shares: some steps)
         self.steps = self.examples = 0
         self.lr = 0.0
         self.t0 = time.perf_counter()
@@ -52,6 +53,7 @@ class MetricsLog:
         for name, value in {"loss": loss, **parts}.items():
             value = torch.as_tensor(value).detach().float() * weight
             self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0.0) + weight
 
     def end_step(self, examples: int, grad_norm: torch.Tensor, lr: float) -> None:
         """One optimizer step of `examples` windows (all processes)."""
@@ -60,12 +62,14 @@ class MetricsLog:
         self.lr = lr
         norm = grad_norm.detach().float()
         self.sums["grad_norm"] = self.sums["grad_norm"] + norm if "grad_norm" in self.sums else norm
+        self.counts["grad_norm"] = self.counts.get("grad_norm", 0.0) + 1.0
 
     def write_train(self, step: int, epoch: float, elapsed: float) -> None:
         """Means since the last line, then one row, scalars and one log line."""
         if self.enabled and self.steps:
             seconds = time.perf_counter() - self.t0
-            means = {name: float(total) / self.steps for name, total in self.sums.items()}
+            # a mean over the steps that logged each name (weights of one step's micro-batches add up to 1)
+            means = {name: float(total) / self.counts[name] for name, total in self.sums.items()}
             row = {"step": step, "epoch": round(epoch, 4), **means, "lr": self.lr}
             row |= {"examples_per_s": round(self.examples / seconds, 2), "elapsed": round(elapsed, 2)}
             self._write(row, "train")

@@ -1,7 +1,8 @@
 """The fine-tuning objective: cross-entropy of the gold start and end tokens of extractive QA.
 
 As in Hugging Face's `*ForQuestionAnswering` with labels, but written out, and with padding masked out.
-`QALoss` is the module `train` fine-tunes; distillation uses `qa_cross_entropy` for its hard-label term.
+`QALoss` is the module `train` fine-tunes; distillation uses `qa_cross_entropy` for its hard-label term (one
+masked cross-entropy for both commands, with per-row weights so that augmented windows can skip it).
 """
 
 from __future__ import annotations
@@ -12,17 +13,29 @@ import torch
 
 
 def span_cross_entropy(
-    logits: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None
+    logits: torch.Tensor,
+    positions: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of gold token positions under start (or end) logits.
+    """Weighted mean over rows of the cross-entropy of gold token positions under start (or end) logits.
 
-    `logits` (B, T), `positions` (B,) int64, `attention_mask` (B, T) with 0 on padding. Padding is masked
-    out: with dynamic padding, a window's loss would otherwise depend on the windows it is batched with.
+    `logits` (B, T); `positions` (B,) or (B, 1) int64; `attention_mask` (B, T), 0 on padding; `row_weights`
+    (B,) >= 0 (None: 1 each). Padding is masked out: with dynamic padding, a window's loss would otherwise
+    depend on the windows it is batched with. As in Hugging Face's QA heads, positions are clamped to
+    [0, T] and position T (outside the window) is ignored. Returns sum_b w_b ce_b / sum_b w_b over the
+    rows not ignored; 0 (finite gradients) when every row is ignored or weighs 0.
     """
     logits = logits.float()  # (B, T); softmax in fp32 under autocast
+    length = logits.shape[1]
     if attention_mask is not None:
         logits = logits.masked_fill(attention_mask == 0, torch.finfo(logits.dtype).min)
-    return torch.nn.functional.cross_entropy(logits, positions)
+    positions = positions.reshape(-1).clamp(0, length)  # (B,)
+    per_row = torch.nn.functional.cross_entropy(logits, positions, ignore_index=length, reduction="none")
+    weights = (positions != length).float()  # (B,)
+    if row_weights is not None:
+        weights = weights * row_weights.float()
+    return (per_row * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
 def qa_cross_entropy(
@@ -31,10 +44,11 @@ def qa_cross_entropy(
     start_positions: torch.Tensor,
     end_positions: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The extractive-QA loss: mean start and end `span_cross_entropy`; logits (B, T), positions (B,)."""
-    start = span_cross_entropy(start_logits, start_positions, attention_mask)
-    end = span_cross_entropy(end_logits, end_positions, attention_mask)
+    start = span_cross_entropy(start_logits, start_positions, attention_mask, row_weights)
+    end = span_cross_entropy(end_logits, end_positions, attention_mask, row_weights)
     return (start + end) / 2
 
 

@@ -4,10 +4,16 @@ One YAML file maps onto `Recipe`. The training sections are the configs of `fine
 (`tinyroberta_es.config`); the sections here say how the run builds its starting encoder (`build`, for the
 offline sample), which models it evaluates and benchmarks, how it exports students and what their model
 cards say. `load_recipe` checks every key and names the offending one.
+
+A student learns from the run's teacher, or from another student of the recipe (a teaching assistant:
+12 -> 6 -> 3 layers): its `teacher` (and its `student.folder`, for init folder-layers or pretrained) may
+name another student, by name or output folder. `Recipe.reads` says which students a student reads;
+`with_student_folders` replaces those names by the students' output folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,10 +139,54 @@ class Recipe:
         """The teacher every student learns from: `finetune.output`, else `teacher`."""
         return self.finetune.output if self.finetune is not None else self.teacher
 
+    @property
+    def local_teacher(self) -> str | None:
+        """The folder students read the teacher from: a given Hub teacher is saved as `<output>/teacher`."""
+        given = self.teacher
+        if given is None or Path(given).expanduser().is_dir():
+            return self.teacher_folder
+        return str(Path(self.output) / "teacher")
+
     def models(self) -> dict[str, str]:
         """Every model of the run by name, the teacher first: name -> folder (as the students read it)."""
-        teacher = self.distill[0].teacher if self.distill else self.teacher_folder
-        return {"teacher": teacher} | {s.name: s.output for s in self.distill}
+        return {"teacher": self.local_teacher} | {s.name: s.output for s in self.distill}
+
+    def student_named(self, ref: str | None) -> DistillConfig | None:
+        """The student that `ref` names, by its name or its output folder; None when it names none."""
+        return next((s for s in self.distill if ref is not None and ref in (s.name, s.output)), None)
+
+    def reads(self, student: DistillConfig) -> list[str]:
+        """The other students whose models `student` reads (as its teacher or its student.folder), by name."""
+        found = [self.student_named(ref) for ref in (student.teacher, student.student.folder)]
+        return list(dict.fromkeys(s.name for s in found if s is not None and s.name != student.name))
+
+    def chain(self, name: str) -> list[str]:
+        """Who taught whom, from the student `name` back to the run's teacher: [s-3l, s-6l, "teacher"]."""
+        names = [name]
+        while (student := self.student_named(names[-1])) is not None:
+            teacher = self.student_named(student.teacher)
+            if teacher is None or teacher.name in names:  # the run's teacher (a cycle is refused earlier)
+                break
+            names.append(teacher.name)
+        return [*names, "teacher"]
+
+    def with_student_folders(self) -> Recipe:
+        """This recipe with each `teacher` and `student.folder` that names another student replaced by that
+        student's output folder, which its distill stage reads."""
+
+        def folder(ref: str | None, reader: str) -> str | None:
+            named = self.student_named(ref)
+            return named.output if named is not None and named.name != reader else ref
+
+        students = [
+            dataclasses.replace(
+                s,
+                teacher=folder(s.teacher, s.name),
+                student=dataclasses.replace(s.student, folder=folder(s.student.folder, s.name)),
+            )
+            for s in self.distill
+        ]
+        return dataclasses.replace(self, distill=students)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -151,6 +201,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except yaml.YAMLError as err:
         raise UserError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())}") from None
     try:
-        return from_dict(Recipe, data or {}, where=path.name)
+        recipe = from_dict(Recipe, data or {}, where=path.name)
     except UserError as err:
         raise UserError(f"recipe {path}: {err}") from None
+    return recipe.with_student_folders()  # `distill --config R --name S` reads a chained student's teacher

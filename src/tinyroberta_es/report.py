@@ -99,8 +99,11 @@ def blocks(summary: dict[str, Any], curves: Path | None, scatter: Path | None) -
         *speed_blocks(summary),
         Heading("Export"),
         Table(exports) if exports else Para("No student was exported to ONNX."),
-        Heading("Plots"),
     ]
+    balance = loss_balance_rows(summary)
+    if balance:
+        doc += [Heading("Loss balance"), Table(balance), Para(BALANCE_NOTE)]
+    doc += [Heading("Plots")]
     doc.append(Image(curves, "training curves") if curves else Para(NO_CURVES))
     doc.append(Image(scatter, "F1 against latency") if scatter else Para(NO_SCATTER))
     recipe = summary.get("recipe")
@@ -228,6 +231,46 @@ def _num(value: float | None, digits: int | str, suffix: str = "") -> str:
     if value is None:
         return "-"
     return f"{value:.2e}" if digits == "e" else f"{value:.{digits}f}{suffix}"
+
+
+BALANCE_NOTE = (
+    "Each group's share of the gradient norm (the norm of the gradient of its weighted terms, over the sum "
+    "of the groups' norms), measured every `gradient_shares_every` training passes and logged as share_* in "
+    "metrics.jsonl: first and last measure, and the mean over the run. A group near 100% drives training "
+    "alone; `loss.normalize: initial` or other weights rebalance it."
+)
+
+
+def loss_balance_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """Per model and stage with share_* rows in its metrics log: each group's share, first/last/mean."""
+    rows = []
+    for m in summary.get("models", []):
+        if not m.get("metrics_log"):
+            continue
+        log_file = Path(m["metrics_log"])
+        stages = [
+            ("intermediate", log_file.parent.with_name(f"{log_file.parent.name}.stage1") / log_file.name)
+        ]
+        stages.append(("all" if not stages[0][1].is_file() else "prediction", log_file))
+        for stage, path in stages:
+            rows_of = read_metrics_log(path) if path.is_file() else []
+            measured = [r for r in rows_of if any(k.startswith("share_") for k in r)]
+            if not measured:
+                continue
+            groups = dict.fromkeys(k for r in measured for k in r if k.startswith("share_"))
+            for key in groups:
+                values = [r[key] for r in measured if key in r]
+                rows.append(
+                    {
+                        "model": m["name"],
+                        "stage": stage,
+                        "group": key.removeprefix("share_"),
+                        "first": _num(100 * values[0], 1, "%"),
+                        "last": _num(100 * values[-1], 1, "%"),
+                        "mean": _num(100 * sum(values) / len(values), 1, "%"),
+                    }
+                )
+    return rows
 
 
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """`summary.json`: everything a run's report and model cards show, gathered from the run folder.
 
 The schema: `name`, `command`, `created`, `versions`, `recipe` (resolved), `teacher` (its name), `models`
-(name, role, folder, params, source, metrics_log, config, export: the parity report of its ONNX files),
+(name, role, folder, params, source (a student's: the folder it learned from), metrics_log, config, export:
+the parity report of its ONNX files; a student's `chain`: itself, then who taught whom back to the teacher),
 `evaluation` (datasets, normalizations, primary, rows of model x backend x dataset with `scores` per
 normalisation), `bench` (what `tinyroberta_es.bench.run_bench` returns, rows named as in the recipe, or
 None before the bench stage) and `skipped` (evaluations that could not run, with the reason).
@@ -32,7 +33,8 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
     bench = json.loads(bench_file.read_text(encoding="utf-8")) if records.read("bench") else None
     entries = []
     for name, folder in recipe.models().items():
-        config = next((to_dict(s) for s in recipe.distill if s.name == name), None)
+        student = recipe.student_named(name) if name != "teacher" else None
+        config = to_dict(student) if student is not None else None
         if config is None and recipe.finetune is not None:
             config = to_dict(recipe.finetune)
         log_file = Path(folder) / "metrics.jsonl"
@@ -55,11 +57,12 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
                 "role": "teacher" if name == "teacher" else "student",
                 "folder": folder,
                 "params": _params(folder),
-                "source": source if name == "teacher" else recipe.distill[0].teacher,
+                "source": source if student is None else student.teacher,
                 "metrics_log": str(log_file) if log_file.is_file() else None,
                 "config": config,
                 "export": export,
             }
+            | ({"chain": recipe.chain(name)} if student is not None else {})
         )
     return {
         "name": recipe.name,

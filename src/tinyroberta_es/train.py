@@ -53,6 +53,19 @@ from tinyroberta_es.metrics_log import MetricsLog
 log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoint") / "state.pt"
+# TrainConfig fields a checkpoint is resumed only with (eval/log/checkpoint intervals and device may change)
+RESUME_SETTINGS = (
+    "batch_size",
+    "grad_accum",
+    "precision",
+    "epochs",
+    "max_steps",
+    "lr",
+    "weight_decay",
+    "warmup_ratio",
+    "max_grad_norm",
+    "freeze_word_embeddings",
+)
 TRAIN_STATE = "train_state.json"
 
 
@@ -122,7 +135,10 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     # What fixes the data order and the optimizer's state: a checkpoint only resumes a run that keeps them.
     layout = {"windows": len(features), "world_size": world_size, "seed": config.seed}
-    layout |= {k: getattr(config, k) for k in ("batch_size", "grad_accum", "precision")}
+    layout |= {k: getattr(config, k) for k in RESUME_SETTINGS}
+    # ... and what fixes the objective (a distillation's loss weights and stage): resuming a checkpoint with
+    # another objective, lr or length would silently continue the old run as a different one
+    layout |= {f"objective.{k}": v for k, v in getattr(module, "settings", dict)().items()}
     progress = _Progress()
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint)
@@ -329,7 +345,8 @@ def _reload_finished(
 
 
 def _check_layout(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
-    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
+    keys = list(now) + [k for k in saved if k not in now]  # a term dropped from the objective counts too
+    changed = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in keys if saved.get(k) != now.get(k)]
     if changed:
         raise UserError(
             f"checkpoint {path} belongs to a run with other data or settings ({'; '.join(changed)}): "

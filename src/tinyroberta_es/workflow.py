@@ -2,7 +2,7 @@
 
     build      (recipes with a `build` section) a tiny encoder and tokenizer, made offline
     teacher    fine-tune `finetune.model` (`finetune`), or check and fetch the given QA `teacher`
-    distill-*  one stage per student (`distill`)
+    distill-*  one stage per student (`distill`), each after the students it reads (teaching assistants)
     export-*   each student to ONNX fp32 and int8, with its parity check (`export`)
     evaluate   every model on every backend and every `evaluate.datasets` set, under mlqa-es and squad
     bench      every model on every backend (`bench`)
@@ -17,6 +17,7 @@ with the predictions), `bench/bench.{json,md,png}`, `summary.json` and `report/`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from typing import Any
 
 from tinyroberta_es import atomic
 from tinyroberta_es.commands.evaluate import DEFAULT_NORMALIZATIONS
-from tinyroberta_es.config import to_dict, to_yaml
+from tinyroberta_es.config import DistillConfig, to_dict, to_yaml
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.recipe import Recipe
 from tinyroberta_es.stages import Stage, StageRecords
@@ -75,29 +76,84 @@ def check_recipe(recipe: Recipe) -> Recipe:
         raise UserError(
             f"build.output {recipe.build.output} is not what finetune.model fine-tunes: make them equal"
         )
-    teacher = _local_teacher(recipe)
-    students = []
     for i, student in enumerate(recipe.distill):
-        if student.teacher != recipe.teacher_folder:
-            raise UserError(
-                f"distill[{i}] ({student.name}) learns from {student.teacher}, but the run's teacher is "
-                f"{recipe.teacher_folder}: set its teacher to {recipe.teacher_folder}"
-            )
-        students.append(dataclasses.replace(student, teacher=teacher))
+        _check_reads(recipe, i, student)
+    distill_order(recipe)  # refuses a cycle, naming the values as the recipe gives them
+    recipe = recipe.with_student_folders()
+    teacher = str(recipe.local_teacher)
+    students = [
+        dataclasses.replace(s, teacher=teacher) if s.teacher == recipe.teacher_folder else s
+        for s in recipe.distill
+    ]
     return dataclasses.replace(recipe, distill=students)
 
 
-def _local_teacher(recipe: Recipe) -> str:
-    """The folder the students read the teacher from: a given Hub teacher is saved under the run folder."""
-    given = recipe.teacher
-    if given is None or Path(given).expanduser().is_dir():
-        return str(recipe.teacher_folder)
-    return str(Path(recipe.output) / "teacher")
+def _check_reads(recipe: Recipe, i: int, student: DistillConfig) -> None:
+    """A student learns from the run's teacher or another student, and starts from a student or a folder."""
+    where, others = f"distill[{i}] ({student.name})", [s.name for s in recipe.distill if s is not student]
+    students = f"another student ({', '.join(others)})" if others else "another student (none here)"
+    named = recipe.student_named(student.teacher)
+    if (named is None and student.teacher != recipe.teacher_folder) or named is student:
+        what = "itself" if named is student else "neither the run's teacher nor a student of this recipe"
+        raise UserError(
+            f"{where} learns from {student.teacher}, which is {what}: set its teacher to "
+            f"{recipe.teacher_folder} or to {students}"
+        )
+    folder = student.student.folder
+    named = recipe.student_named(folder)
+    if named is student or (folder and named is None and not Path(folder).expanduser().is_dir()):
+        what = "itself" if named is student else "neither a student of this recipe nor an existing folder"
+        raise UserError(
+            f"{where} has student.folder {folder}, which is {what}: name {students} or a model folder"
+        )
+
+
+def distill_order(recipe: Recipe) -> list[DistillConfig]:
+    """The students in training order: each after the students it reads, otherwise in recipe order.
+
+    A stable topological order (the first ready student in recipe order goes next); a cycle is a UserError
+    that names the students and the settings that close it.
+    """
+    order: list[DistillConfig] = []
+    pending = list(recipe.distill)
+    while pending:
+        done = {s.name for s in order}
+        ready = next((s for s in pending if set(recipe.reads(s)) <= done), None)
+        if ready is None:
+            raise UserError(_cycle(recipe, pending))
+        order.append(ready)
+        pending = [s for s in pending if s is not ready]
+    return order
+
+
+def _cycle(recipe: Recipe, pending: list[DistillConfig]) -> str:
+    """The message for students that read each other in a circle (every pending one reads a pending one)."""
+    left, path = {s.name for s in pending}, [pending[0]]
+    while True:
+        after = recipe.student_named(next(n for n in recipe.reads(path[-1]) if n in left))
+        if after in path:
+            path = [*path[path.index(after) :], after]
+            break
+        path.append(after)
+    links, fixes = [], {}
+    for a, b in itertools.pairwise(path):
+        if recipe.student_named(a.teacher) is b:
+            links.append(f"{a.name}'s teacher is {a.teacher}")
+            fixes["teacher"] = f"one of these teachers to the run's teacher ({recipe.teacher_folder})"
+        else:
+            links.append(f"{a.name}'s student.folder is {a.student.folder}")
+            fixes["folder"] = "one of these student.folder settings to a model folder"
+    return (
+        f"the students {' -> '.join(s.name for s in path)} learn from each other in a cycle "
+        f"({'; '.join(links)}): set {' or '.join(fixes.values())}"
+    )
 
 
 def plan(recipe: Recipe, out: Path, command: str) -> list[Stage]:
-    """The stages of `recipe` in order, each with its settings and its work."""
-    teacher = recipe.distill[0].teacher
+    """The stages of `recipe` in order, each with its settings and its work; a student's distill stage
+    comes after the stages of the students it reads."""
+    teacher = str(recipe.local_teacher)
+    students = distill_order(recipe)
     stages = []
     if recipe.build is not None:
         build = recipe.build
@@ -113,20 +169,20 @@ def plan(recipe: Recipe, out: Path, command: str) -> list[Stage]:
             outputs=[teacher],
         )
     )
-    for student in recipe.distill:
+    for student in students:
         stages.append(
             Stage(
                 f"distill-{student.name}",
                 to_dict(student),
                 lambda s=student: _distill(s),
-                after=["teacher"],
+                after=["teacher", *(f"distill-{name}" for name in recipe.reads(student))],
                 trains=True,
                 outputs=[student.output],
             )
         )
     export = recipe.export
     exported = {"onnx", "onnx-int8"} & set(recipe.backends)
-    for student in recipe.distill if exported else []:
+    for student in students if exported else []:
         settings = {**to_dict(export), "int8": "onnx-int8" in recipe.backends, **_windows(recipe)}
         stages.append(
             Stage(

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from tinyroberta_es.config import PRECISIONS, check_choice
+from tinyroberta_es.distributed import barrier, gather
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.features import Features
 
@@ -119,12 +120,16 @@ def teacher_logits(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TeacherLogits:
     """The teacher's start/end logits for every window of `features`, from `cache_dir` or computed into it.
 
     On a miss the teacher is moved to `device` and run in eval mode without gradients (autocast to
     `precision` unless fp32) over batches of windows of similar length; its previous train/eval mode is
-    restored afterwards. See the module docstring for the key and the layout.
+    restored afterwards. Under torchrun (`world_size` > 1, every process calls this) each process computes
+    its share of the windows, rank 0 gathers and writes the entry, and every process reads it. See the module
+    docstring for the key and the layout.
     """
     check_choice("teacher precision", precision, PRECISIONS)
     if batch_size < 1:
@@ -145,10 +150,13 @@ def teacher_logits(
         log.info("teacher logits: cache hit %s", path)
         return TeacherLogits(path)
     log.info("teacher logits: cache miss, computing %d windows into %s", len(features), path)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=cache_dir))
-    try:
-        _compute(teacher, features, tmp, batch_size=batch_size, device=device, precision=precision)
+    order = np.argsort(
+        -features.lengths, kind="stable"
+    )  # longest first: an out-of-memory batch fails at once
+    mine = order[rank::world_size]  # this process's share of the windows
+    rows = _compute(teacher, features, mine, batch_size=batch_size, device=device, precision=precision)
+    shards = gather((mine, *rows), world_size)
+    if rank == 0:
         meta = {
             "key": key,
             "parts": parts,
@@ -157,6 +165,24 @@ def teacher_logits(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "teacher": _teacher_name(teacher),
         }
+        _write_entry(path, features.lengths, shards, meta)
+    barrier(world_size)
+    return TeacherLogits(path)
+
+
+def _write_entry(path: Path, lengths: np.ndarray, shards: list[tuple], meta: dict[str, Any]) -> None:
+    """Write the entry into a hidden folder beside `path`, then rename it into place (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name[:16]}-", dir=path.parent))
+    try:
+        n, width = len(lengths), int(lengths.max(initial=0))
+        lengths.astype(np.int32).tofile(tmp / "lengths.i32")
+        for i, name in enumerate(("start.f32", "end.f32"), start=1):
+            table = np.memmap(tmp / name, dtype=np.float32, mode="w+", shape=(n, width))
+            for shard in shards:
+                table[shard[0]] = shard[i]  # rows of windows shard[0]: (n_shard, width)
+            table.flush()
+            del table
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _fsync_folder(tmp)
         try:
@@ -167,55 +193,51 @@ def teacher_logits(
             log.info("teacher logits: another process wrote %s first; using it", path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return TeacherLogits(path)
 
 
 def _compute(
     teacher: nn.Module,
     features: Features,
-    out: Path,
+    windows: np.ndarray,
     *,
     batch_size: int,
     device: str | torch.device,
     precision: str,
-) -> None:
-    """Run the teacher over all windows, longest first, and write the three arrays into folder `out`."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the teacher over `windows` (in that order): start and end rows, each (len(windows), max_len),
+    -inf past each window's length."""
     from tqdm.auto import tqdm
 
-    lengths = features.lengths  # (N,)
-    n, width = len(features), int(lengths.max(initial=0))
-    lengths.astype(np.int32).tofile(out / "lengths.i32")
-    start = np.memmap(out / "start.f32", dtype=np.float32, mode="w+", shape=(n, width))
-    end = np.memmap(out / "end.f32", dtype=np.float32, mode="w+", shape=(n, width))
+    width = int(features.lengths.max(initial=0))
+    start = np.full((len(windows), width), -np.inf, dtype=np.float32)
+    end = np.full((len(windows), width), -np.inf, dtype=np.float32)
     device = torch.device(device)
     takes_types = _accepts(teacher, "token_type_ids")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory batch fails at once
     was_training = teacher.training
     teacher.to(device).eval()
     try:
-        with torch.no_grad(), tqdm(total=n, desc="teacher logits", unit="window", disable=None) as bar:
-            for lo in range(0, n, batch_size):
-                idx = order[lo : lo + batch_size]  # (B,)
-                batch = features.batch(idx)
+        with (
+            torch.no_grad(),
+            tqdm(total=len(windows), desc="teacher logits", unit="window", disable=None) as bar,
+        ):
+            for lo in range(0, len(windows), batch_size):
+                batch = features.batch(windows[lo : lo + batch_size])
                 if not takes_types:
                     batch.pop("token_type_ids", None)
                 inputs = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}  # each (B, T)
                 with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                     s, e = _start_end(teacher(**inputs))  # (B, T), (B, T)
-                mask = batch["attention_mask"] == 0  # (B, T)
-                T = mask.shape[1]
+                padded = batch["attention_mask"] == 0  # (B, T)
+                T = padded.shape[1]
                 for table, logits in ((start, s), (end, e)):
-                    rows = logits.float().cpu().numpy()
-                    rows[mask] = -np.inf
-                    table[idx, :T] = rows
-                    table[idx, T:] = -np.inf
-                bar.update(len(idx))
+                    values = logits.float().cpu().numpy()
+                    values[padded] = -np.inf
+                    table[lo : lo + len(values), :T] = values
+                bar.update(len(values))
     finally:
         teacher.train(was_training)
-    for table in (start, end):
-        table.flush()
-    del start, end
+    return start, end
 
 
 def _start_end(output: Any) -> tuple[Tensor, Tensor]:

@@ -26,7 +26,7 @@ def _masked_log_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     return log_p.masked_fill(~mask, 0.0)
 
 
-def _soft_cross_kl(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+def masked_kl(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
     """Per-row KL(teacher || student) of the masked softmaxes over the last dim: (..., N) -> (...)."""
     mask = mask.expand_as(student)
     log_q = _masked_log_softmax(student, mask)
@@ -49,27 +49,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temper
         raise ValueError(
             f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ"
         )
-    kl = _soft_cross_kl(student_logits / temperature, teacher_logits / temperature, mask.bool())  # (B,)
+    kl = masked_kl(student_logits / temperature, teacher_logits / temperature, mask.bool())  # (B,)
     return kl.mean() * temperature**2
-
-
-def ce_loss(
-    start_logits: Tensor, end_logits: Tensor, start_positions: Tensor, end_positions: Tensor
-) -> Tensor:
-    """Cross-entropy on the gold span, the mean of the start and end losses (the Hugging Face convention).
-
-    `start_logits`, `end_logits`: (B, T); `start_positions`, `end_positions`: (B,) (or (B, 1)) long. As in
-    HF's QA heads, positions are clamped to [0, T] and position T (outside the sequence) is ignored; with
-    every position ignored the loss is 0 (not NaN). Returns a scalar.
-    """
-    length = start_logits.shape[1]
-
-    def one(logits: Tensor, positions: Tensor) -> Tensor:
-        positions = positions.reshape(-1).clamp(0, length)  # (B,)
-        total = nn.functional.cross_entropy(logits, positions, ignore_index=length, reduction="sum")
-        return total / (positions != length).sum().clamp(min=1)
-
-    return (one(start_logits, start_positions) + one(end_logits, end_positions)) / 2
 
 
 def hidden_mse(student: Tensor, teacher: Tensor, mask: Tensor, projection: nn.Module | None = None) -> Tensor:
@@ -129,7 +110,7 @@ def attention_kl(student_scores: Tensor, teacher_scores: Tensor, mask: Tensor) -
     mask = mask.bool()
     keys = mask[:, None, None, :]  # (B, 1, 1, T)
     queries = mask[:, None, :]  # (B, 1, T)
-    kl = _soft_cross_kl(student_scores, teacher_scores, keys)  # (B, h, T)
+    kl = masked_kl(student_scores, teacher_scores, keys)  # (B, h, T)
     kl = torch.where(queries, kl, 0.0)
     return kl.sum() / (queries.sum() * student_scores.shape[1]).clamp(min=1)
 

@@ -162,3 +162,46 @@ class HiddenProjection(nn.Module):
 def make_projection(student_hidden: int, teacher_hidden: int) -> nn.Module:
     """The projection used by `hidden_mse`: a shared Linear(Hs, Ht), or the identity when Hs == Ht."""
     return HiddenProjection(student_hidden, teacher_hidden)
+
+
+@dataclass(frozen=True)
+class RelationMatch:
+    """MiniLM v2's term: the q/k/v relations of `teacher_layer` against those of `student_layer` (from 1)."""
+
+    teacher_layer: int
+    student_layer: int
+    heads: int  # relation heads: each width is split into this many, so widths and head counts may differ
+    weight: float
+
+
+def relation_match(
+    teacher_layers: int,
+    student_layers: int,
+    loss: LossConfig,
+    *,
+    teacher_hidden: int,
+    student_hidden: int,
+    student_heads: int,
+) -> RelationMatch | None:
+    """The relation term `loss` asks for (None when `loss.relations` is 0): one teacher layer (`last`,
+    `upper-middle` = L - L // 8, MiniLM v2's choice for large teachers, or a number) against the student's
+    last layer. Raises `UserError` naming the option when the layer or the relation heads do not fit."""
+    if loss.relations == 0:
+        return None
+    layer = loss.relation_layer
+    if layer == "last":
+        layer = teacher_layers
+    elif layer == "upper-middle":
+        layer = teacher_layers - teacher_layers // 8
+    problems = []
+    if not 1 <= layer <= teacher_layers:
+        problems.append(f"loss.relation_layer {layer} is not a teacher layer (1..{teacher_layers})")
+    heads = loss.relation_heads or student_heads
+    if teacher_hidden % heads or student_hidden % heads:
+        problems.append(
+            f"loss.relation_heads {heads} must divide the teacher's width {teacher_hidden} and the student's "
+            f"{student_hidden}: pick a common divisor such as {math.gcd(teacher_hidden, student_hidden)}"
+        )
+    if problems:
+        raise UserError("; ".join(problems))
+    return RelationMatch(layer, student_layers, heads, loss.relations)
