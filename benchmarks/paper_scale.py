@@ -11,7 +11,9 @@ as `distill` does (student from the teacher's config, then the frozen teacher in
 then --steps optimizer steps (AdamW, bf16 autocast, clip 1.0) of the recipe's `DistillModule`; the first
 step warms up, the others are timed (median). Memory: on CUDA the peak allocated by PyTorch during the steps;
 on a CPU the peak resident set size during the steps (VmHWM, reset after set-up) minus the resident size
-before them; both divided by the batch for a per-window figure.
+before them; both divided by the batch for a per-window figure. "teacher pass" times one no-grad teacher
+forward of the batch: what the logit cache costs per batch, once per run, on top of the steps (the code
+before computed it even when the intermediate losses ran the teacher online at every step anyway).
 
 The "before" column is the same script run on the code before the changes (commit 3ad1ecb), which kept
 every teacher layer's attention scores (eager attention everywhere) and the teacher in fp32:
@@ -131,6 +133,13 @@ def measure(args: argparse.Namespace, setup: str) -> dict:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident size
     times = [step() for _ in range(max(1, args.steps - 1))]
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _hwm()
+    # what one batch costs the logit cache's extra teacher pass (before: even when the teacher ran online)
+    start = time.perf_counter()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        module.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    teacher_pass = time.perf_counter() - start
     return {
         "setup": setup,
         "label": args.label,
@@ -141,6 +150,7 @@ def measure(args: argparse.Namespace, setup: str) -> dict:
         "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch."),
         "seconds_per_step": round(statistics.median(times), 2),
         "timed_steps": len(times),
+        "teacher_pass_seconds": round(teacher_pass, 2),
         "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM)",
         "resident_before_gb": round(base / 2**30, 2),
         "step_peak_gb": round((peak - base) / 2**30, 2),
@@ -210,17 +220,19 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
     saved["commands"][args.label] = " ".join(["python benchmarks/paper_scale.py", *sys.argv[1:]])
     atomic.write_json(path, saved)
     lines = [
-        "| setup | column | device | batch x len | teacher | s/step | step peak GB | MB/window |",
-        "|---|---|---|---|---|---:|---:|---:|",
+        "| setup | column | device | batch x len | teacher | s/step | teacher pass s | step peak GB "
+        "| MB/window |",
+        "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in sorted(saved["rows"], key=lambda r: (list(SETUPS).index(r["setup"]), r["label"])):
         if "error" in r:
-            lines.append(f"| {r['setup']} | {r['label']} | error: {r['error']} | | | | | |")
+            lines.append(f"| {r['setup']} | {r['label']} | error: {r['error']} | | | | | | |")
             continue
         shape = f"{r['batch']} x {r['seq_len']}"
         lines.append(
             f"| {r['setup']} | {r['label']} | {r['device']} | {shape} | {r['teacher_dtype']} "
-            f"| {r['seconds_per_step']} | {r['step_peak_gb']} | {r['per_window_mb']} |"
+            f"| {r['seconds_per_step']} | {r.get('teacher_pass_seconds', '')} | {r['step_peak_gb']} "
+            f"| {r['per_window_mb']} |"
         )
     atomic.write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
 

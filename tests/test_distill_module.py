@@ -115,3 +115,16 @@ def test_settings_name_what_a_resume_must_keep():
     b = module(LossConfig(attention_loss="kl", kd=2.0)).settings()
     assert a["weight.kd"] == 1.0 and b["weight.kd"] == 2.0
     assert a["teacher_layer.attention_2"] == 4
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_the_frozen_teacher_is_kept_in_the_training_precision(precision, dtype):
+    from tinyroberta_es.distill.pipeline import frozen_teacher
+
+    teacher = frozen_teacher(bert(2).train(), precision, torch.device("cpu"))
+    assert {p.dtype for p in teacher.parameters()} == {dtype}
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    m = DistillModule(bert(1, hidden=16), teacher, LossConfig(attention_loss="kl", layer_map="last"), [])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, _ = m.train()(**batch())
+    assert torch.isfinite(total)
