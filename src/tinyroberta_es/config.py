@@ -195,6 +195,17 @@ class LossConfig:
             check_choice("loss.relation_layer", self.relation_layer, RELATION_LAYERS)
         else:
             check_positive("loss.relation_layer", self.relation_layer)
+        unused = [
+            f"loss.{name} is set but loss.relations is 0"
+            for name, default in (("relation_heads", None), ("relation_layer", "last"))
+            if self.relations == 0 and getattr(self, name) != default
+        ]
+        if self.normalize != "none" and self.intermediate == 0:
+            unused.append("loss.normalize is set but loss.hidden, loss.attention and loss.relations are 0")
+        if unused:  # a setting no loss reads would be recorded as if applied
+            raise UserError(
+                f"{'; '.join(unused)}: no loss uses it; set that loss above 0 or leave the setting at default"
+            )
 
     @property
     def intermediate(self) -> float:
