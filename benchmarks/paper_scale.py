@@ -217,7 +217,8 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
     replaced = {(args.label, r["setup"]) for r in rows}
     saved["rows"] = [r for r in saved["rows"] if (r.get("label"), r["setup"]) not in replaced]
     saved["rows"] += [{**r, "label": args.label} for r in rows]
-    saved["commands"][args.label] = " ".join(["python benchmarks/paper_scale.py", *sys.argv[1:]])
+    env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+    saved["commands"][args.label] = env + " ".join(["python benchmarks/paper_scale.py", *sys.argv[1:]])
     atomic.write_json(path, saved)
     lines = [
         "| setup | column | device | batch x len | teacher | s/step | teacher pass s | step peak GB "
