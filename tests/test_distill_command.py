@@ -188,24 +188,12 @@ def test_two_stage_distillation_under_torchrun(teacher, tmp_path, cache):
     """Defects: in the prediction stage DDP raised on the projection that had no loss; every rank wrote
     run_config.json and metrics.json (others empty); every rank computed the whole teacher-logit cache."""
     import os
-    import socket
     import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    from cli_helpers import torchrun_cli
+
     out = tmp_path / "student"
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-    ]
-    argv += ["--master_port", port, "-m", "tinyroberta_es.cli", "distill", "--teacher", str(teacher)]
+    argv = [*torchrun_cli(2), "distill", "--teacher", str(teacher)]
     argv += ["--output", str(out), "--train", "sample", "--dev", "sample", "--set", "student.preset=null"]
     argv += [*SMOKE, "--set", "student.layers=2", "--set", "student.init=teacher-layers"]
     argv += [

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, torchrun_cli
 from tinyroberta_es.config import apply_overrides
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.recipe import load_recipe
@@ -279,17 +279,7 @@ def test_a_run_killed_during_distillation_resumes_there(tmp_path):
 def test_under_torchrun_two_processes_train_and_rank_zero_alone_reports(tmp_path):
     built = run_sample(tmp_path, "--stages", "build")
     assert built.returncode == 0, built.stderr[-3000:]
-    port = str(free_port())
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-    ]
-    argv += ["--master_port", port, "-m", "tinyroberta_es.cli", "run", str(SAMPLE), *overrides(SMALL)]
+    argv = [*torchrun_cli(2), "run", str(SAMPLE), *overrides(SMALL)]
     done = subprocess.run(
         argv,
         cwd=tmp_path,
@@ -304,14 +294,6 @@ def test_under_torchrun_two_processes_train_and_rank_zero_alone_reports(tmp_path
     assert (run / "report" / "report.html").is_file() and (run / "student-2l" / "README.md").is_file()
     assert done.stderr.count("stage report: running") == 1  # rank 0 alone
     assert done.stderr.count("stage distill-student-2l: running") == 2  # both processes train
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_qa_teacher(folder: Path) -> Path:

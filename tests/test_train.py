@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from _train_worker import TinyQAModel, synthetic_features
+from cli_helpers import free_port
 from tinyroberta_es.checkpoint import trainable_state
 from tinyroberta_es.config import TrainConfig
 from tinyroberta_es.errors import UserError
@@ -331,12 +331,6 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 61))  # rows after the checkpoint were not doubled
     assert not list(state.parent.glob(".*.tmp"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
