@@ -37,7 +37,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from tinyroberta_es import atomic
     from tinyroberta_es.recipe import load_recipe
-    from tinyroberta_es.report import read_metrics_log
+    from tinyroberta_es.report import gradient_shares
 
     recipe = load_recipe(RECIPE)
     run = ROOT / recipe.output
@@ -69,7 +69,11 @@ def main() -> None:
             entry |= {"steps": steps, "train_seconds": summary["stages"][f"distill-{name}"]["seconds"]}
             if gold_f1 is not None and name != "3l-gold":
                 entry["gain_over_gold_twin"] = round(s["mlqa-es"]["f1"] - gold_f1, 2)
-            entry["gradient_shares"] = _shares(model, read_metrics_log)
+            shares = gradient_shares(Path(model["metrics_log"])) if model.get("metrics_log") else {}
+            entry["gradient_shares"] = {  # per stage: each group's share at the first and the last measure
+                stage: {g: [round(v[0], 3), round(v[-1], 3)] for g, v in groups.items()}
+                for stage, groups in shares.items()
+            }
         rows.append(entry)
     result = {
         "command": f"python benchmarks/ablation_3l_short.py  # = {COMMAND}, then this summary",
@@ -89,27 +93,6 @@ def main() -> None:
     atomic.write_json(OUT.with_suffix(".json"), result)
     atomic.write_text(OUT.with_suffix(".md"), _markdown(result))
     print(_markdown(result))
-
-
-def _shares(model: dict, read_metrics_log) -> dict[str, dict[str, float]]:
-    """Per stage: each group's share of the gradient norm at the first and the last measure."""
-    out = {}
-    log_file = Path(model["metrics_log"]) if model.get("metrics_log") else None
-    if log_file is None:
-        return out
-    first_stage = Path(f"{log_file.parent}.stage1") / log_file.name
-    for stage, path in (("intermediate", first_stage), ("main", log_file)):
-        rows = (
-            [r for r in read_metrics_log(path) if any(k.startswith("share_") for k in r)]
-            if path.is_file()
-            else []
-        )
-        if rows:
-            keys = [k for k in rows[0] if k.startswith("share_")]
-            out[stage] = {
-                k.removeprefix("share_"): [round(rows[0][k], 3), round(rows[-1][k], 3)] for k in keys
-            }
-    return out
 
 
 def _json(path: Path) -> dict | None:

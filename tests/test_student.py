@@ -166,7 +166,7 @@ def assert_copied(student, source, layers: list[int]) -> None:
     assert len(s_base.encoder.layer) == len(layers)
     pairs = [(s_base.embeddings, t_base.embeddings), (student.qa_outputs, source.qa_outputs)]
     pairs += [(s_base.encoder.layer[m], t_base.encoder.layer[t - 1]) for m, t in enumerate(layers)]
-    for s_part, t_part in pairs:
+    for s_part, t_part in pairs:  # copied tensors, not recomputed ones: bit-identical
         torch.testing.assert_close(s_part.state_dict(), t_part.state_dict(), rtol=0, atol=0)
 
 

@@ -247,30 +247,38 @@ def loss_balance_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     for m in summary.get("models", []):
         if not m.get("metrics_log"):
             continue
-        log_file = Path(m["metrics_log"])
-        stages = [
-            ("intermediate", log_file.parent.with_name(f"{log_file.parent.name}.stage1") / log_file.name)
-        ]
-        stages.append(("all" if not stages[0][1].is_file() else "prediction", log_file))
-        for stage, path in stages:
-            rows_of = read_metrics_log(path) if path.is_file() else []
-            measured = [r for r in rows_of if any(k.startswith("share_") for k in r)]
-            if not measured:
-                continue
-            groups = dict.fromkeys(k for r in measured for k in r if k.startswith("share_"))
-            for key in groups:
-                values = [r[key] for r in measured if key in r]
+        for stage, groups in gradient_shares(Path(m["metrics_log"])).items():
+            for group, values in groups.items():
                 rows.append(
                     {
                         "model": m["name"],
                         "stage": stage,
-                        "group": key.removeprefix("share_"),
+                        "group": group,
                         "first": _num(100 * values[0], 1, "%"),
                         "last": _num(100 * values[-1], 1, "%"),
                         "mean": _num(100 * sum(values) / len(values), 1, "%"),
                     }
                 )
     return rows
+
+
+def gradient_shares(log_file: Path) -> dict[str, dict[str, list[float]]]:
+    """Stage -> loss group -> its share of the gradient norm at each measure, from a student's metrics log
+    and, for a two-stage schedule, the first stage's beside it (`<folder>.stage1/metrics.jsonl`). Stages:
+    `intermediate` and `prediction` (two-stage) or `all` (one-stage); stages without measures left out."""
+    first = log_file.parent.with_name(f"{log_file.parent.name}.stage1") / log_file.name
+    stages = [("intermediate", first), ("prediction" if first.is_file() else "all", log_file)]
+    out = {}
+    for stage, path in stages:
+        measured = [r for r in (read_metrics_log(path) if path.is_file() else []) if _has_shares(r)]
+        groups = dict.fromkeys(k for r in measured for k in r if k.startswith("share_"))
+        if groups:
+            out[stage] = {k.removeprefix("share_"): [r[k] for r in measured if k in r] for k in groups}
+    return out
+
+
+def _has_shares(row: dict[str, Any]) -> bool:
+    return any(k.startswith("share_") for k in row)
 
 
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:

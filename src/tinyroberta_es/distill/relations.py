@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from tinyroberta_es.distill.losses import masked_kl
+from tinyroberta_es.distill.losses import attention_kl
 
 RELATIONS = ("query", "key", "value")
 
@@ -69,15 +69,11 @@ def relation_kl(student: Tensor, teacher: Tensor, mask: Tensor, heads: int) -> T
         )
     if mask.shape != student.shape[:2]:
         raise ValueError(f"mask {tuple(mask.shape)} must be (B, T) = {tuple(student.shape[:2])}")
-    mask = mask.bool()
-    keys = mask[:, None, None, :]  # (B, 1, 1, T)
-    queries = mask[:, None, :]  # (B, 1, T)
     with torch.autocast(student.device.type, enabled=False):
         s = relation_logits(student.float(), heads)  # (B, R, T, T)
         t = relation_logits(teacher.detach().float(), heads)  # (B, R, T, T)
-        kl = masked_kl(s, t, keys)  # (B, R, T)
-    kl = torch.where(queries, kl, 0.0)  # padded query rows add 0
-    return kl.sum() / (queries.sum() * heads).clamp(min=1)
+        # relations are distributions over keys like attention maps: the same masked, averaged KL
+        return attention_kl(s, t, mask)
 
 
 def relation_loss(
