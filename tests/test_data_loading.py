@@ -292,3 +292,187 @@ def test_real_files_load_with_documented_counts(
     assert dataset.is_v2 == is_v2
     assert (report.repaired_answers, report.dropped_answers, report.dropped_questions) == (0, 0, 0)
     assert all(ex.context[a.start : a.end] == a.text for ex in dataset.examples for a in ex.answers)
+
+
+# --- unlabeled questions: SQuAD without answers, and JSON Lines ------------------------------------------
+
+BLIND = SHARED_DATA / "blind" / "mlqa_es_dev_questions.json"
+
+
+def unlabeled_qa(qid: str, question: str = "¿Cuál es la capital de España?", **extra: Any) -> dict[str, Any]:
+    """A question without an `answers` key."""
+    return {"id": qid, "question": question, **extra}
+
+
+def write_lines(path: Path, lines: list[Any]) -> Path:
+    """JSON Lines: objects are dumped, strings written as they are."""
+    text = "\n".join(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in lines) + "\n"
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def line(qid: str, question: str = "¿Capital?", context: str = CONTEXT, **extra: Any) -> dict[str, Any]:
+    return {"id": qid, "question": question, "context": context, **extra}
+
+
+@pytest.mark.parametrize("version", ["1.1", "v2.0", None])
+def test_squad_without_answers_is_unlabeled_and_refused_where_answers_are_required(
+    tmp_path: Path, version: Any
+) -> None:
+    path = write(
+        tmp_path / "blind.json", squad(unlabeled_qa("a"), unlabeled_qa("b", "¿Museo?"), version=version)
+    )
+    dataset = load_dataset(path, labels="optional")
+    assert [(ex.id, ex.answers, ex.is_impossible, ex.is_labeled) for ex in dataset.examples] == [
+        ("a", None, False, False),
+        ("b", None, False, False),
+    ]
+    assert dataset.report is not None and (dataset.report.unlabeled, dataset.report.unanswerable) == (2, 0)
+    with pytest.raises(UserError) as info:
+        load_dataset(path)  # labels="required" is the default: training and evaluation
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: has no answers")
+    assert "predict" in message
+
+
+def test_mixed_file_keeps_answers_and_names_the_first_unlabeled_question(tmp_path: Path) -> None:
+    obj = squad(qa("a", "¿Capital?", ("Madrid", 0)), unlabeled_qa("b"), qa("c", "¿Museo?", ("Prado", 58)),
+                unlabeled_qa("d"))  # fmt: skip
+    path = write(tmp_path / "mixed.json", obj)
+    dataset = load_dataset(path, labels="optional")
+    assert [ex.answers for ex in dataset.examples] == [
+        (Answer("Madrid", 0),),
+        None,
+        (Answer("Prado", 58),),
+        None,
+    ]
+    with pytest.raises(UserError) as info:
+        load_dataset(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: 2 of 4 questions have no answers")
+    assert "question id 'b'" in message and "'d'" not in message
+
+
+def test_impossible_question_without_answers_key_stays_labeled_unanswerable() -> None:
+    obj = squad(qa("a", "¿Capital?", ("Madrid", 0)), unlabeled_qa("b", is_impossible=True), version="v2.0")
+    for labels in ("required", "optional"):
+        b = parse_squad(obj, "x.json", labels=labels).examples[1]
+        assert (b.answers, b.is_impossible, b.is_labeled) == ((), True, True)
+    # the unlabeled question of a v2 file is not unanswerable: it has no key at all
+    unlabeled = parse_squad(squad(unlabeled_qa("c"), version="v2.0"), "x.json", labels="optional").examples[0]
+    assert (unlabeled.answers, unlabeled.is_impossible) == (None, False)
+
+
+def test_unlabeled_questions_are_still_validated() -> None:
+    obj = squad(unlabeled_qa("a", "  "), {"question": "¿Sin id?"}, unlabeled_qa("a"))
+    with pytest.raises(UserError) as info:
+        parse_squad(obj, "x.json", labels="optional")
+    message = str(info.value)
+    for part in ["'question' is empty", "missing key 'id'", "duplicate question id"]:
+        assert part in message
+
+
+def test_unknown_labels_lists_choices(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown labels 'maybe': choose one of required, optional"):
+        load_dataset(tmp_path / "never-read.json", labels="maybe")
+
+
+def test_save_round_trip_keeps_unlabeled_questions_unlabeled(tmp_path: Path) -> None:
+    obj = squad(qa("a", "¿Capital?", ("Madrid", 0), is_impossible=False),
+                qa("b", "¿Rey?", is_impossible=True), unlabeled_qa("c"), version="v2.0")  # fmt: skip
+    dataset = parse_squad(obj, "x.json", labels="optional")
+    again = load_dataset(save_squad(dataset, tmp_path / "out.json"), labels="optional")
+    assert again.examples == dataset.examples
+    assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8")) == obj
+
+
+@pytest.mark.parametrize("name", ["q.jsonl", "q.jsonl.gz", "q.ndjson", "Q.JSONL"])
+def test_jsonl_questions_load_unlabeled(tmp_path: Path, name: str) -> None:
+    path = write_lines(
+        tmp_path / name, [line("a", title="Madrid"), "", "   ", line("b", "¿Museo?\u2028¿Cuál?")]
+    )
+    dataset = load_dataset(path, labels="optional")
+    assert [(ex.id, ex.question, ex.context, ex.title, ex.answers) for ex in dataset.examples] == [
+        ("a", "¿Capital?", CONTEXT, "Madrid", None),
+        ("b", "¿Museo?\u2028¿Cuál?", CONTEXT, "", None),
+    ]
+    assert (dataset.version, dataset.is_v2) == ("jsonl", False)
+    assert dataset.report is not None and (dataset.report.questions, dataset.report.unlabeled) == (2, 2)
+
+
+def test_jsonl_is_refused_where_answers_are_required(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "q.jsonl", [line("a")])
+    with pytest.raises(UserError) as info:
+        load_dataset(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: has no answers")
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ('{"id": "b", "question": "¿Qué?"', "line 3: not valid JSON"),
+        ('["b", "¿Qué?", "Algo."]', 'line 3: must be a JSON object, got ["b"'),
+        (line("b", context=None), "line 3: 'context' must be a string, got null"),
+        ({"id": 7, "question": "¿Qué?", "context": "Algo."}, "line 3: 'id' must be a string, got 7"),
+        ({"id": "b", "context": "Algo."}, "line 3: missing key 'question'"),
+        (line("b", question=" "), "line 3: 'question' is empty"),
+        (line("b", title=3), "line 3: 'title' must be a string, got 3"),
+        (line("a"), "line 3: duplicate id 'a' (first on line 1)"),
+        (squad(qa("a", "¿Capital?", ("Madrid", 0))), "line 3: this is SQuAD JSON, not JSON Lines"),
+    ],
+)
+def test_a_bad_jsonl_line_is_a_one_line_error_with_its_number(
+    tmp_path: Path, bad: Any, expected: str
+) -> None:
+    path = write_lines(tmp_path / "q.jsonl", [line("a"), "", bad, line("c")])
+    with pytest.raises(UserError) as info:
+        load_dataset(path, labels="optional")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: 1 problem; first: {expected}"), message
+
+
+def test_every_bad_jsonl_line_is_collected(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "q.jsonl", [line("a"), "nope", line("a"), {"id": "c"}])
+    with pytest.raises(UserError) as info:
+        load_dataset(path, labels="optional")
+    message = str(info.value)
+    assert message.startswith(f"{path}: 4 problems; first: line 2: not valid JSON")
+    for part in [
+        "line 3: duplicate id 'a'",
+        "line 4: missing key 'question'",
+        "line 4: missing key 'context'",
+    ]:
+        assert part in message
+
+
+def test_empty_jsonl_and_ignored_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(UserError, match="no questions"):
+        load_dataset(write_lines(tmp_path / "empty.jsonl", ["", " "]), labels="optional")
+    with caplog.at_level(logging.WARNING):
+        load_dataset(write_lines(tmp_path / "q.jsonl", [line("a", answers=[])]), labels="optional")
+    assert "ignored the keys 'answers'" in caplog.text
+
+
+def test_json_lines_in_a_json_file_get_a_hint(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "q.json", [line("a"), line("b")])
+    with pytest.raises(UserError, match=r"not valid JSON \(Extra data.*name it \.jsonl"):
+        load_dataset(path, labels="optional")
+
+
+def test_blind_mlqa_questions_load_as_500_unlabeled_questions() -> None:
+    if not BLIND.is_file():
+        pytest.skip(f"shared data absent: {BLIND} (see ../shared/data/blind/README.md)")
+    dataset = load_dataset(BLIND, labels="optional")
+    assert len(dataset) == 500 and len(dataset.by_id()) == 500
+    assert dataset.report is not None
+    assert (dataset.report.unlabeled, dataset.report.articles, dataset.is_v2) == (500, 259, False)
+    assert all(ex.answers is None and ex.question.strip() and ex.context.strip() for ex in dataset.examples)
+    with pytest.raises(UserError, match="has no answers"):
+        load_dataset(BLIND)

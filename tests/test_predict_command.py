@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
 from tinyroberta_es.data.loading import load_dataset
+from tinyroberta_es.data.sources import resolve_source
 from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
 
@@ -208,3 +210,122 @@ def test_bad_numeric_flags_are_errors(model_dir, tmp_path, capsys):
         "0",
     )
     assert_one_line_error(status, err, "--batch-size")
+
+
+# --- unlabeled data: SQuAD without answers, JSON Lines ---------------------------------------------------
+
+BLIND = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "blind" / "mlqa_es_dev_questions.json"
+)
+
+
+@pytest.fixture(scope="module")
+def three_forms(tmp_path_factory) -> dict[str, Path]:
+    """The sample's first 3 articles as labeled SQuAD, as SQuAD without answers, and as JSON Lines."""
+    root = tmp_path_factory.mktemp("forms")
+    obj = json.loads(resolve_source("sample").read_text(encoding="utf-8"))
+    labeled = {"version": obj["version"], "data": obj["data"][:3]}
+    unlabeled = copy.deepcopy(labeled)
+    lines = []
+    for article in unlabeled["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                del qa["answers"]
+                qa.pop("is_impossible", None)
+                question = {"id": qa["id"], "question": qa["question"], "context": paragraph["context"]}
+                lines.append(json.dumps({**question, "title": article["title"]}, ensure_ascii=False))
+    forms = {
+        "labeled": root / "labeled.json",
+        "unlabeled": root / "unlabeled.json",
+        "jsonl": root / "q.jsonl",
+    }
+    forms["labeled"].write_text(json.dumps(labeled, ensure_ascii=False), encoding="utf-8")
+    forms["unlabeled"].write_text(json.dumps(unlabeled, ensure_ascii=False), encoding="utf-8")
+    forms["jsonl"].write_text("\n".join(lines) + "\n\n", encoding="utf-8")  # a trailing blank line
+    return forms
+
+
+def predict_file(capsys, model: Path, dataset: Path, out: Path) -> tuple[dict, dict]:
+    """Run `predict` on `dataset`; return the predictions and the no-answer scores it wrote."""
+    preds_path, na_path = out / f"{dataset.name}.preds.json", out / f"{dataset.name}.na.json"
+    status, _, err = run_cli(
+        capsys,
+        "predict",
+        "--model",
+        str(model),
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(preds_path),
+        "--na-probs-output",
+        str(na_path),
+        "--max-length",
+        "128",
+        "--doc-stride",
+        "32",
+    )
+    assert status == 0, err
+    return json.loads(preds_path.read_text(encoding="utf-8")), json.loads(na_path.read_text(encoding="utf-8"))
+
+
+def test_unlabeled_squad_and_jsonl_get_the_predictions_of_the_labeled_file(
+    tiny_qa_model_dir, three_forms, tmp_path, capsys
+):
+    ids = [ex.id for ex in load_dataset(three_forms["labeled"]).examples]
+    assert len(ids) > 20
+    labeled, labeled_na = predict_file(capsys, tiny_qa_model_dir, three_forms["labeled"], tmp_path)
+    assert list(labeled) == ids
+    for form in ("unlabeled", "jsonl"):
+        preds, na_probs = predict_file(capsys, tiny_qa_model_dir, three_forms[form], tmp_path)
+        assert preds == labeled and list(preds) == ids, form
+        assert list(na_probs) == ids
+        assert na_probs == pytest.approx(labeled_na, abs=1e-5), form
+
+
+def test_predict_answers_every_blind_mlqa_question(tiny_qa_model_dir, tmp_path, capsys):
+    if not BLIND.is_file():
+        pytest.skip(f"shared data absent: {BLIND} (see ../shared/data/blind/README.md)")
+    preds, na_probs = predict_file(capsys, tiny_qa_model_dir, BLIND, tmp_path)
+    questions = json.loads(BLIND.read_text(encoding="utf-8"))["data"]
+    contexts = {qa["id"]: p["context"] for a in questions for p in a["paragraphs"] for qa in p["qas"]}
+    assert len(preds) == 500 and set(preds) == set(contexts) == set(na_probs)
+    assert all(text in contexts[qid] for qid, text in preds.items())
+
+
+@pytest.mark.parametrize("form", ["unlabeled", "jsonl"])
+def test_evaluate_and_finetune_refuse_unlabeled_data_in_one_line(
+    form, three_forms, tiny_qa_model_dir, tmp_path, capsys
+):
+    dataset = str(three_forms[form])
+    preds = tmp_path / "preds.json"
+    preds.write_text('{"x": "y"}', encoding="utf-8")
+    status, _, err = run_cli(capsys, "evaluate", "--dataset", dataset, "--predictions", str(preds))
+    assert_one_line_error(status, err, dataset, "has no answers")
+    status, _, err = run_cli(
+        capsys, "evaluate", "--dataset", dataset, "--model", str(tiny_qa_model_dir), "--max-length", "128"
+    )
+    assert_one_line_error(status, err, dataset, "has no answers")
+    out = tmp_path / "out"
+    settings = ["train.device=cpu", "train.precision=fp32", "data.dev=null", "data.max_length=128"]
+    sets = [arg for s in settings for arg in ("--set", s)]
+    argv = ["finetune", "--model", str(tiny_qa_model_dir), "--train", dataset, "--output", str(out), *sets]
+    status, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(status, err, dataset, "has no answers")
+    assert not (out / "model.safetensors").exists()
+
+
+def test_bad_jsonl_line_is_a_one_line_predict_error(model_dir, tmp_path, capsys):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": "a", "question": "¿Qué?", "context": "Algo."}\n{"id": "b"}\n', encoding="utf-8")
+    status, _, err = run_cli(
+        capsys,
+        "predict",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(path),
+        "--output",
+        str(tmp_path / "p.json"),
+    )
+    assert_one_line_error(status, err, str(path), "line 2: missing key 'question'")
+    assert not (tmp_path / "p.json").exists()

@@ -2,7 +2,7 @@
 
 `check_recipe` resolves student names to output folders and refuses cycles, self-references and unknown
 names in one line; `plan` trains every student after the students it reads. One end-to-end run of the
-sample recipe with a second student that learns from the first.
+smoke recipe with a second student that learns from the first.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from tinyroberta_es.config import from_dict
 from tinyroberta_es.recipe import Recipe, load_recipe
 from tinyroberta_es.workflow import check_recipe, plan
 
-TEACHER = "runs/sample/teacher"
+TEACHER = "runs/smoke/teacher"
 
 
 def student(name: str, teacher: str, **spec) -> dict:
-    """A distill entry of the sample recipe (its data and training), named `name`, learning from `teacher`."""
+    """A distill entry of the smoke recipe (its data and training), named `name`, learning from `teacher`."""
     entry = yaml.safe_load(SAMPLE.read_text())["distill"][0]
-    return entry | {"name": name, "teacher": teacher, "output": f"runs/sample/{name}", "student": spec}
+    return entry | {"name": name, "teacher": teacher, "output": f"runs/smoke/{name}", "student": spec}
 
 
 def recipe_with(*students: dict) -> Recipe:
@@ -48,7 +48,7 @@ def test_plan_trains_a_chain_given_in_reverse_after_the_students_it_reads(tmp_pa
             student("s3", "s6", layers=3, init="folder-layers", folder="s12-copy"),
             student("other", TEACHER, layers=2),
             student("s12-copy", TEACHER, layers=4, init="teacher-layers"),
-            student("s6", "runs/sample/s12-copy", layers=2, init="teacher-layers", init_layers="bottom"),
+            student("s6", "runs/smoke/s12-copy", layers=2, init="teacher-layers", init_layers="bottom"),
         )
     )
     stages = plan(recipe, tmp_path, "")
@@ -62,17 +62,17 @@ def test_plan_trains_a_chain_given_in_reverse_after_the_students_it_reads(tmp_pa
     assert names.index("evaluate") > names.index("distill-s3")
     by_name = {s.name: s for s in recipe.distill}  # the recipe keeps its order; names became folders
     assert [s.name for s in recipe.distill] == ["s3", "other", "s12-copy", "s6"]
-    assert by_name["s3"].teacher == "runs/sample/s6"
-    assert by_name["s3"].student.folder == "runs/sample/s12-copy"
-    assert by_name["s6"].teacher == "runs/sample/s12-copy" and by_name["other"].teacher == TEACHER
-    assert distill[-1].settings["teacher"] == "runs/sample/s6"  # what run_config.json will record
+    assert by_name["s3"].teacher == "runs/smoke/s6"
+    assert by_name["s3"].student.folder == "runs/smoke/s12-copy"
+    assert by_name["s6"].teacher == "runs/smoke/s12-copy" and by_name["other"].teacher == TEACHER
+    assert distill[-1].settings["teacher"] == "runs/smoke/s6"  # what run_config.json will record
     assert recipe.models()["teacher"] == TEACHER and recipe.chain("s3") == ["s3", "s6", "s12-copy", "teacher"]
 
 
 def test_load_recipe_resolves_names_so_distill_config_name_reads_the_assistant(tmp_path):
     path = write_recipe(tmp_path, student("s1", "s2", layers=1), student("s2", TEACHER, layers=2))
     s1 = load_recipe(path).distill[0]
-    assert s1.teacher == "runs/sample/s2"
+    assert s1.teacher == "runs/smoke/s2"
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_a_student_of_a_student_trains_after_it_and_its_card_names_the_chain(tmp
     done = subprocess.run(argv, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    run = tmp_path / "runs" / "sample"
+    run = tmp_path / "runs" / "smoke"
     for name, steps, layers in (("student-2l", 6, 2), ("student-1l", 3, 1)):
         assert json.loads((run / name / "train_state.json").read_text())["step"] == steps
         assert json.loads((run / name / "config.json").read_text())["num_hidden_layers"] == layers
@@ -139,17 +139,17 @@ def test_a_student_of_a_student_trains_after_it_and_its_card_names_the_chain(tmp
         "stage distill-student-1l: running"
     )
     config = json.loads((run / "student-1l" / "run_config.json").read_text())
-    assert config["teacher"] == "runs/sample/student-2l" and config["student"]["init_layers"] == "bottom"
+    assert config["teacher"] == "runs/smoke/student-2l" and config["student"]["init_layers"] == "bottom"
     assert "copied from the teacher (2 layers, init_layers bottom): its embeddings, layers [1]" in done.stderr
 
     summary = json.loads((run / "summary.json").read_text())
     models = {m["name"]: m for m in summary["models"]}
     assert models["student-1l"]["chain"] == ["student-1l", "student-2l", "teacher"]
-    assert models["student-1l"]["source"] == "runs/sample/student-2l"
+    assert models["student-1l"]["source"] == "runs/smoke/student-2l"
     assert models["student-2l"]["chain"] == ["student-2l", "teacher"]
     assert {r["model"] for r in summary["evaluation"]["rows"]} == {"teacher", "student-2l", "student-1l"}
     card = (run / "student-1l" / "README.md").read_text()
     assert "a student distilled from **student-2l**, itself distilled from **teacher** with" in card
-    assert "- Teaching assistant: **student-2l** (`runs/sample/student-2l`" in card
+    assert "- Teaching assistant: **student-2l** (`runs/smoke/student-2l`" in card
     assert "a student distilled from **teacher** with" in (run / "student-2l" / "README.md").read_text()
-    assert "teacher: runs/sample/student-2l" in (run / "report" / "report.md").read_text()
+    assert "teacher: runs/smoke/student-2l" in (run / "report" / "report.md").read_text()

@@ -1,6 +1,6 @@
-"""`tinyroberta-es run`: stage records, recipe checks, and the sample recipe end to end (killed and resumed).
+"""`tinyroberta-es run`: stage records, recipe checks, and the smoke recipe end to end (killed and resumed).
 
-The end-to-end tests run `recipes/sample.yaml` itself, shrunk with `--set` (smaller models, a few dozen
+The end-to-end tests run `recipes/smoke.yaml` (the machinery check on models built from scratch), shrunk with `--set` (smaller models, a few dozen
 steps, short benchmark series), in a temporary folder: the recipe's relative paths land there.
 """
 
@@ -24,7 +24,7 @@ from tinyroberta_es.recipe import load_recipe
 from tinyroberta_es.stages import Stage, StageRecords, changed_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "recipes" / "sample.yaml"
+SAMPLE = ROOT / "recipes" / "smoke.yaml"
 SMALL = [
     "build.layers=2",
     "build.hidden_size=32",
@@ -158,7 +158,7 @@ def test_a_student_of_another_teacher_is_refused(tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     status, _, err = run_cli(capsys, "run", str(path))
     assert_one_line_error(
-        status, err, "student-2l", "runs/other-teacher", "set its teacher to runs/sample/teacher"
+        status, err, "student-2l", "runs/other-teacher", "set its teacher to runs/smoke/teacher"
     )
 
 
@@ -181,7 +181,7 @@ def test_a_given_teacher_that_is_not_a_qa_model_is_refused(tmp_path, capsys, mon
     assert_one_line_error(status, err, "encoder")
 
 
-# --- the sample recipe, end to end ------------------------------------------------------------------------
+# --- the smoke recipe, end to end ------------------------------------------------------------------------
 
 
 def cli_env() -> dict[str, str]:
@@ -190,7 +190,7 @@ def cli_env() -> dict[str, str]:
     return os.environ | {"PYTHONPATH": path, "TINYROBERTA_ES_OFFLINE": "1"}
 
 
-def run_sample(cwd: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess | subprocess.Popen:
+def run_smoke(cwd: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess | subprocess.Popen:
     argv = [sys.executable, "-m", "tinyroberta_es.cli", "run", str(SAMPLE), *overrides(SMALL), *extra]
     if kwargs.pop("background", False):
         return subprocess.Popen(argv, cwd=cwd, env=cli_env(), **kwargs)
@@ -198,10 +198,10 @@ def run_sample(cwd: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess 
 
 
 @pytest.mark.slow
-def test_the_sample_recipe_writes_report_cards_and_exports_and_a_rerun_skips_everything(tmp_path):
-    done = run_sample(tmp_path)
+def test_the_smoke_recipe_writes_report_cards_and_exports_and_a_rerun_skips_everything(tmp_path):
+    done = run_smoke(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    run = tmp_path / "runs" / "sample"
+    run = tmp_path / "runs" / "smoke"
     report = run / "report"
     for name in ("report.md", "report.html", "training_curves.png", "f1_latency.png"):
         assert (report / name).is_file(), name
@@ -235,12 +235,12 @@ def test_the_sample_recipe_writes_report_cards_and_exports_and_a_rerun_skips_eve
     )
 
     mtimes = {p: p.stat().st_mtime for p in (run / "stages").glob("*.json") if p.stem != "report"}
-    again = run_sample(tmp_path)
+    again = run_smoke(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
     assert again.stderr.count("; skipping") == len(mtimes)
 
-    changed = run_sample(tmp_path, "--set", "distill.0.train.lr=0.5")
+    changed = run_smoke(tmp_path, "--set", "distill.0.train.lr=0.5")
     assert changed.returncode == 2, changed.stderr[-3000:]
     assert "train.lr 0.001 -> 0.5" in changed.stderr and "Traceback" not in changed.stderr
 
@@ -251,8 +251,8 @@ def test_a_run_killed_during_distillation_resumes_there(tmp_path):
     longer = ["--set", "distill.0.train.max_steps=80", "--set", "distill.0.train.checkpoint_every=2"]
     log = tmp_path / "first.log"
     with open(log, "w") as f:
-        proc = run_sample(tmp_path, *longer, background=True, stdout=f, stderr=subprocess.STDOUT)
-    student = tmp_path / "runs" / "sample" / "student-2l"
+        proc = run_smoke(tmp_path, *longer, background=True, stdout=f, stderr=subprocess.STDOUT)
+    student = tmp_path / "runs" / "smoke" / "student-2l"
     checkpoint = student / "checkpoint" / "state.pt"
     deadline = time.monotonic() + 300
     try:
@@ -264,20 +264,20 @@ def test_a_run_killed_during_distillation_resumes_there(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (student / "train_state.json").exists(), "distillation finished before the kill"
-    stages = tmp_path / "runs" / "sample" / "stages"
+    stages = tmp_path / "runs" / "smoke" / "stages"
     assert (stages / "teacher.json").is_file() and not (stages / "distill-student-2l.json").exists()
 
-    resumed = run_sample(tmp_path, *longer)
+    resumed = run_smoke(tmp_path, *longer)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stage teacher: finished" in resumed.stderr and "resuming" in resumed.stderr
     state = json.loads((student / "train_state.json").read_text())
     assert state["finished"] and state["step"] == 80
-    assert (tmp_path / "runs" / "sample" / "report" / "report.html").is_file()
+    assert (tmp_path / "runs" / "smoke" / "report" / "report.html").is_file()
 
 
 @pytest.mark.slow
 def test_under_torchrun_two_processes_train_and_rank_zero_alone_reports(tmp_path):
-    built = run_sample(tmp_path, "--stages", "build")
+    built = run_smoke(tmp_path, "--stages", "build")
     assert built.returncode == 0, built.stderr[-3000:]
     argv = [*torchrun_cli(2), "run", str(SAMPLE), *overrides(SMALL)]
     done = subprocess.run(
@@ -289,7 +289,7 @@ def test_under_torchrun_two_processes_train_and_rank_zero_alone_reports(tmp_path
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    run = tmp_path / "runs" / "sample"
+    run = tmp_path / "runs" / "smoke"
     assert json.loads((run / "student-2l" / "train_state.json").read_text())["step"] == 6
     assert (run / "report" / "report.html").is_file() and (run / "student-2l" / "README.md").is_file()
     assert done.stderr.count("stage report: running") == 1  # rank 0 alone

@@ -136,3 +136,65 @@ def test_cli_missing_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.
     assert status == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("tinyroberta-es split: error: ") and f"{missing}: file does not exist" in err
+
+
+# --- the split stage of `tinyroberta-es run` -------------------------------------------------------------
+
+SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
+
+
+def split_recipe(tmp_path: Path, **split: object) -> Path:
+    """The smoke recipe with a split stage: the whole sample minus the articles of sample_dev."""
+    import yaml
+
+    data = yaml.safe_load(SMOKE.read_text())
+    section = {"train": "sample", "held_out": ["sample_dev"], "output": "runs/smoke/train.json"} | split
+    data["split"] = section
+    data["finetune"]["data"]["train"] = "runs/smoke/train.json"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_split_stage_writes_the_training_set_first_and_records_the_counts(tmp_path, monkeypatch, capsys):
+    from tinyroberta_es.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(split_recipe(tmp_path)), "--stages", "split"]) == 0
+    written = load_dataset(tmp_path / "runs" / "smoke" / "train.json")
+    assert {ex.id for ex in written.examples} == {ex.id for ex in load_dataset("sample_train").examples}
+    record = json.loads((tmp_path / "runs" / "smoke" / "stages" / "split.json").read_text())
+    assert record["result"]["questions_kept"] == 480 and record["result"]["questions_removed"] == 120
+    assert not (tmp_path / "runs" / "smoke" / "teacher").exists()  # only the chosen stage ran
+
+
+@pytest.mark.parametrize(
+    ("split", "needle"),
+    [
+        ({"output": "runs/smoke/other.json"}, "split.output runs/smoke/other.json is not what any training"),
+        ({"held_out": []}, "split.held_out is empty"),
+        ({"output": "runs/smoke/train.txt"}, "must be a .json or .json.gz file"),
+    ],
+)
+def test_a_split_that_trains_on_nothing_or_writes_no_json_is_one_line(
+    tmp_path, monkeypatch, capsys, split, needle
+):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(capsys, "run", str(split_recipe(tmp_path, **split)), "--stages", "split")
+    assert_one_line_error(status, err, needle)
+
+
+def test_a_held_out_set_that_is_also_trained_on_is_refused(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from cli_helpers import assert_one_line_error, run_cli
+
+    path = split_recipe(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["distill"][0]["data"] = data["distill"][0]["data"] | {"train": "sample_dev"}  # a YAML alias
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(capsys, "run", str(path), "--stages", "split")
+    assert_one_line_error(status, err, "sample_dev is both held out by split.held_out and trained on")

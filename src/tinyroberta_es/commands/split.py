@@ -32,22 +32,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Load, filter, write, print the counts."""
+    from tinyroberta_es.errors import UserError
+
+    if not args.output.endswith((".json", ".json.gz")):
+        raise UserError(f"--output {args.output}: must end in .json or .json.gz")
+    report = write_split(args.train, args.held_out, args.output, args.bad_spans)
+    print(f"{report.summary()}; wrote {args.output}")
+
+
+def write_split(train: str, held_out: list[str], output: str, bad_spans: str = "repair") -> object:
+    """Write `train` without the paragraphs that share a question id with `held_out` to `output`
+    (atomically); return the `SplitReport` (what was dropped). The code of the `split` command and stage."""
     from pathlib import Path
 
     from tinyroberta_es.data.loading import load_dataset, save_squad
     from tinyroberta_es.data.split import remove_overlap
     from tinyroberta_es.errors import UserError
 
-    output = Path(args.output)
-    if not output.name.endswith((".json", ".json.gz")):
-        raise UserError(f"--output {args.output}: must end in .json or .json.gz")
-    train = load_dataset(args.train, bad_spans=args.bad_spans)
-    held_out = [load_dataset(source, bad_spans="keep") for source in args.held_out]  # only their ids matter
-    kept, report = remove_overlap(train, held_out)
+    dataset = load_dataset(train, bad_spans=bad_spans)
+    held = [load_dataset(source, bad_spans="keep") for source in held_out]  # only their ids matter
+    kept, report = remove_overlap(dataset, held)
     if not kept.examples:
         raise UserError(
-            f"--train {args.train}: every paragraph shares a question id with --held-out "
-            f"{', '.join(args.held_out)}; nothing left to write"
+            f"training set {train}: every paragraph shares a question id with the held-out "
+            f"{', '.join(held_out)}; nothing left to write"
         )
-    save_squad(kept, output)
-    print(f"{report.summary()}; wrote {output}")
+    save_squad(kept, Path(output).expanduser())
+    return report

@@ -3,6 +3,11 @@
 `load_dataset` takes a path, a URL or a dataset name (see `sources.py`), `parse_squad` checks a decoded JSON
 object and turns it into a `QADataset`, collecting every problem before it fails, and `save_squad` writes a
 dataset back as SQuAD JSON. Positions in messages are 0-based, like `data[3].paragraphs[2]` in the file.
+JSON Lines files of questions without answers are read by `jsonl.parse_jsonl`.
+
+Labels: a question without an `answers` key (and not `is_impossible`) is unlabeled (`Example.answers` None).
+Training and evaluation need answers (`labels="required"`, the default, refuses such questions); `predict`
+answers them (`labels="optional"`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tinyroberta_es.atomic import atomic_path
+from tinyroberta_es.data.jsonl import VERSION as JSONL_VERSION
+from tinyroberta_es.data.jsonl import is_jsonl, parse_jsonl
 from tinyroberta_es.data.schema import Answer, Example, LoadReport, QADataset
 from tinyroberta_es.data.sources import DatasetSource, named_source, resolve_source
 from tinyroberta_es.errors import UserError
@@ -26,6 +33,9 @@ log = logging.getLogger(__name__)
 BAD_SPANS = ("repair", "drop", "keep")
 """What to do with an answer whose `answer_start` does not point at its text: see `parse_squad`."""
 
+LABELS = ("required", "optional")
+"""Whether every question must have gold answers (training, evaluation) or may have none (`predict`)."""
+
 MAX_SHOWN = 5  # problems quoted in the error message; all of them are logged at debug level
 
 
@@ -33,17 +43,26 @@ def load_dataset(
     source: str | Path,
     *,
     bad_spans: str = "repair",
+    labels: str = "required",
     registry: Mapping[str, DatasetSource] | None = None,
 ) -> QADataset:
-    """Load a SQuAD-format dataset from a local `.json`/`.json.gz` file, an http(s) URL or a dataset name.
+    """Load a dataset from a SQuAD `.json`/`.json.gz` file, a JSON Lines `.jsonl`/`.ndjson` (`.gz`) file of
+    questions, an http(s) URL or a dataset name.
 
     Names and URLs are downloaded into the cache first (`sources.resolve_source`); `registry` replaces the
-    built-in table of named datasets. See `parse_squad` for `bad_spans` and for what is checked.
+    built-in table of named datasets. See `parse_squad` for `bad_spans`, `labels` and what is checked; a JSON
+    Lines file holds unlabeled questions only (`jsonl.parse_jsonl`), so it needs `labels="optional"`.
     """
     check_bad_spans(bad_spans)
+    check_labels(labels)
     path = resolve_source(source, registry=registry)
     label = str(path) if str(source) == str(path) else f"{source} ({path})"
-    dataset = parse_squad(read_json(path, label), label, bad_spans=bad_spans)
+    if is_jsonl(path):
+        dataset = parse_jsonl(read_text(path, label), label)
+        if labels == "required":
+            require_labels(dataset)
+    else:
+        dataset = parse_squad(read_json(path, label), label, bad_spans=bad_spans, labels=labels)
     entry = named_source(source, registry)
     if entry is not None and entry.articles is not None:
         start, stop = entry.articles
@@ -59,10 +78,32 @@ def check_bad_spans(bad_spans: str) -> None:
         raise UserError(f"unknown bad_spans {bad_spans!r}: choose one of {', '.join(BAD_SPANS)}")
 
 
-def read_json(path: Path, label: str) -> Any:
-    """Decode a JSON file, plain or gzip-compressed (recognised by its first bytes, not its name)."""
+def check_labels(labels: str) -> None:
+    """Raise `UserError` unless `labels` is one of `LABELS`."""
+    if labels not in LABELS:
+        raise UserError(f"unknown labels {labels!r}: choose one of {', '.join(LABELS)}")
+
+
+def require_labels(dataset: QADataset) -> None:
+    """Raise a one-line `UserError` naming the file if any question of `dataset` has no answers."""
+    unlabeled = [ex for ex in dataset.examples if not ex.is_labeled]
+    if not unlabeled:
+        return
+    need = "training and evaluation need gold answers (`tinyroberta-es predict` answers unlabeled questions)"
+    if dataset.version == JSONL_VERSION:
+        raise UserError(f"{dataset.source}: has no answers (a JSON Lines file holds questions only); {need}")
+    if len(unlabeled) == len(dataset.examples):
+        raise UserError(f"{dataset.source}: has no answers (no question has an 'answers' key); {need}")
+    raise UserError(
+        f"{dataset.source}: {len(unlabeled):,} of {len(dataset.examples):,} questions have no answers "
+        f"(no 'answers' key; first: {unlabeled[0].where}); {need}: add their answers or remove them"
+    )
+
+
+def read_text(path: Path, label: str) -> str:
+    """Read a UTF-8 text file, plain or gzip-compressed (recognised by its first bytes, not its name)."""
     if path.is_dir():
-        raise UserError(f"{label}: is a folder; pass a SQuAD .json or .json.gz file")
+        raise UserError(f"{label}: is a folder; pass a SQuAD .json(.gz) or a JSON Lines .jsonl(.gz) file")
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -70,22 +111,27 @@ def read_json(path: Path, label: str) -> Any:
             raise UserError(f"{label}: is a zip archive; extract the SQuAD .json file from it and pass that")
         opener = gzip.open if head.startswith(b"\x1f\x8b") else open
         with opener(path, "rb") as f:
-            text = f.read().decode("utf-8-sig")
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(
-            f"{label}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-            "fix the file or download it again"
-        ) from None
+            return f.read().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise UserError(f"{label}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
     except (OSError, EOFError) as err:
+        raise UserError(f"{label}: cannot read the file ({err}); check it is complete and readable") from None
+
+
+def read_json(path: Path, label: str) -> Any:
+    """Decode a JSON file, plain or gzip-compressed."""
+    text = read_text(path, label)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        lines = "; if it holds one JSON object per line, name it .jsonl" if err.msg == "Extra data" else ""
         raise UserError(
-            f"{label}: cannot read the file ({err}); check it is a complete .json or .json.gz"
+            f"{label}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+            f"fix the file or download it again{lines}"
         ) from None
 
 
-def parse_squad(obj: Any, source: str, *, bad_spans: str = "repair") -> QADataset:
+def parse_squad(obj: Any, source: str, *, bad_spans: str = "repair", labels: str = "required") -> QADataset:
     """Validate a decoded SQuAD JSON object and build a `QADataset`.
 
     The data is v2 when its version says 2 ("v2.0", "2.0") or any question has an `is_impossible` key.
@@ -98,8 +144,13 @@ def parse_squad(obj: Any, source: str, *, bad_spans: str = "repair") -> QADatase
     Answers with an empty text are counted (`LoadReport.empty_answers`) and skipped, except under "keep",
     which keeps them because the official v1.1 and MLQA scripts score them. In v2 data a question with no
     `is_impossible` key and no answers is unanswerable, as the official v2 script scores it.
+
+    A question without an `answers` key is unlabeled (`answers` None) unless `is_impossible` is true (then it
+    is unanswerable). `labels="required"` refuses unlabeled questions after the other checks, in one line
+    naming the first; `labels="optional"` keeps them.
     """
     check_bad_spans(bad_spans)
+    check_labels(labels)
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
         if isinstance(obj, dict):
             got = f"an object without a 'data' list (keys: {', '.join(map(str, obj)) or 'none'})"
@@ -121,21 +172,26 @@ def parse_squad(obj: Any, source: str, *, bad_spans: str = "repair") -> QADatase
         paragraphs=len(paragraphs),
         questions=len(examples),
         unanswerable=sum(ex.is_impossible for ex in examples),
+        unlabeled=sum(not ex.is_labeled for ex in examples),
         repaired_answers=parser.repaired,
         dropped_answers=parser.dropped_answers,
         dropped_questions=parser.dropped_questions,
         empty_answers=parser.empty_answers,
         version_inferred=inferred,
     )
+    dataset = QADataset(source=source, version=version, examples=examples, is_v2=parser.is_v2, report=report)
+    if labels == "required":
+        require_labels(dataset)
     log.info("loaded %s: %s", source, report.summary())
-    return QADataset(source=source, version=version, examples=examples, is_v2=parser.is_v2, report=report)
+    return dataset
 
 
 def save_squad(dataset: QADataset, path: str | Path) -> Path:
     """Write `dataset` as SQuAD JSON (gzip-compressed if `path` ends in .gz), atomically; return the path.
 
     Questions are regrouped into paragraphs and articles by their indices, in index order; answer starts
-    are written as they are, and `is_impossible` on every question of a v2 dataset.
+    are written as they are, and `is_impossible` on every labeled question of a v2 dataset. Unlabeled
+    questions are written without `answers` (and `is_impossible`).
     """
     path = Path(path)
     articles: dict[int, dict[str, Any]] = {}
@@ -150,13 +206,11 @@ def save_squad(dataset: QADataset, path: str | Path) -> Path:
             raise ValueError(
                 f"{ex.where}: its context differs from that of another question of the same paragraph"
             )
-        qa: dict[str, Any] = {
-            "id": ex.id,
-            "question": ex.question,
-            "answers": [{"text": a.text, "answer_start": a.start} for a in ex.answers],
-        }
-        if dataset.is_v2:
-            qa["is_impossible"] = ex.is_impossible
+        qa: dict[str, Any] = {"id": ex.id, "question": ex.question}
+        if ex.answers is not None:
+            qa["answers"] = [{"text": a.text, "answer_start": a.start} for a in ex.answers]
+            if dataset.is_v2:
+                qa["is_impossible"] = ex.is_impossible
         paragraph["qas"].append(qa)
     data = [
         {
@@ -245,8 +299,8 @@ class _Parser:
 
     def question(
         self, qa: Any, paragraph_where: str, q: int, context: str | None
-    ) -> tuple[str, str, tuple[Answer, ...], bool] | None:
-        """(id, question, answers, is_impossible), or None when the question is invalid or dropped."""
+    ) -> tuple[str, str, tuple[Answer, ...] | None, bool] | None:
+        """(id, question, answers or None if unlabeled, is_impossible), or None when invalid or dropped."""
         where = f"{paragraph_where}, question {q}"
         if not isinstance(qa, dict):
             self.problems.append(f"{where}: must be an object, got {_kind(qa)} {_short(qa)}")
@@ -261,11 +315,15 @@ class _Parser:
         question = self._get(qa, "question", str, where)
         if question is not None and not question.strip():
             self.problems.append(f"{where}: 'question' is empty")
-        raw_answers = self._get(qa, "answers", list, where)
         impossible = qa.get("is_impossible", False)
         if not isinstance(impossible, bool):
             self.problems.append(f"{where}: 'is_impossible' must be true or false, got {_short(impossible)}")
             impossible = False
+        if "answers" not in qa and not impossible:  # unlabeled: a question to answer, not to learn from
+            if qid is None or question is None or context is None:
+                return None
+            return qid, question, None, False
+        raw_answers = self._get(qa, "answers", list, where) if "answers" in qa else []
         answers, removed = self.answers(raw_answers or [], where, context)
         if impossible and raw_answers:
             self.problems.append(

@@ -126,15 +126,15 @@ _SOURCES = (
     # A held-out split of the sample by article, so the offline recipe never scores its training questions.
     DatasetSource(
         "sample_train",
-        "the sample's first 11 articles (220 questions, 44 unanswerable): training in recipes/sample.yaml",
+        "the sample's first 24 articles (480 questions, 96 unanswerable): training in recipes/sample.yaml",
         resource="resources/sample_es.json",
-        articles=(0, 11),
+        articles=(0, 24),
     ),
     DatasetSource(
         "sample_dev",
-        "the sample's last 3 articles (60 questions, 12 unanswerable): evaluation in recipes/sample.yaml",
+        "the sample's last 6 articles (120 questions, 24 unanswerable): evaluation in recipes/sample.yaml",
         resource="resources/sample_es.json",
-        articles=(11, 14),
+        articles=(24, 30),
     ),
 )
 DATASETS: dict[str, DatasetSource] = {source.name: source for source in _SOURCES}
@@ -166,6 +166,8 @@ def cache_dir() -> Path:
 def resolve_source(source: str | Path, *, registry: Mapping[str, DatasetSource] | None = None) -> Path:
     """A local file for `source`: an existing path, an http(s) URL (downloaded) or a name in `registry`.
 
+    Paths and URLs may name SQuAD JSON or JSON Lines files (`loading.load_dataset` tells them apart).
+
     `registry` defaults to `DATASETS`. An existing path wins over a name. Anything else is a `UserError`
     that lists the names.
     """
@@ -174,7 +176,7 @@ def resolve_source(source: str | Path, *, registry: Mapping[str, DatasetSource] 
     path = Path(text).expanduser()
     if text and path.exists():
         if path.is_dir():
-            raise UserError(f"{text}: is a folder; pass a SQuAD .json or .json.gz file")
+            raise UserError(f"{text}: is a folder; pass a SQuAD .json(.gz) or a JSON Lines .jsonl(.gz) file")
         return path
     if text.lower().startswith(("http://", "https://")):
         return fetch_url(text)
@@ -184,12 +186,12 @@ def resolve_source(source: str | Path, *, registry: Mapping[str, DatasetSource] 
     names = ", ".join(registry)
     if isinstance(source, Path) or _looks_like_path(text):
         raise UserError(
-            f"{text}: file does not exist; pass an existing .json or .json.gz file, an http(s) URL, "
+            f"{text}: file does not exist; pass an existing .json(.gz) or .jsonl(.gz) file, an http(s) URL, "
             f"or a dataset name ({names})"
         )
     raise UserError(
         f"unknown dataset {text!r}: choose one of {names}, "
-        "or pass an existing .json/.json.gz file or an http(s) URL"
+        "or pass an existing .json/.json.gz file or an http(s) URL (or a .jsonl file of questions)"
     )
 
 
@@ -332,7 +334,7 @@ def _looks_like_path(text: str) -> bool:
         "/" in text
         or "\\" in text
         or text.startswith(("~", "."))
-        or text.lower().endswith((".json", ".gz", ".zip"))
+        or text.lower().endswith((".json", ".jsonl", ".ndjson", ".gz", ".zip"))
     )
 
 

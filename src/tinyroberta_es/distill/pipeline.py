@@ -34,7 +34,7 @@ def distill(config: DistillConfig) -> dict:
     from tinyroberta_es.distill.student import build_student, count_parameters
     from tinyroberta_es.distributed import init_distributed
     from tinyroberta_es.inference import load_qa_model
-    from tinyroberta_es.train import check_config, read_train_state, resolve_device, train
+    from tinyroberta_es.train import check_config, freeze, read_train_state, resolve_device, train
     from tinyroberta_es.training_data import dev_evaluator, load_training_examples, training_features
 
     out = Path(config.output).expanduser()
@@ -66,8 +66,7 @@ def distill(config: DistillConfig) -> dict:
         from tinyroberta_es.distill.vocab import trim_model
 
         trim_model(student, trim)
-    if config.train.freeze_word_embeddings:
-        student.get_input_embeddings().weight.requires_grad_(False)
+    freeze(student, config.train)
     log.info(
         "student: %s parameters (teacher %s)",
         f"{count_parameters(student):,}",
