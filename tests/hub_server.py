@@ -64,9 +64,11 @@ class FakeHub:
                     if not folder.is_dir():
                         return self.fail("EntryNotFound")
                     entries = [
-                        {"type": "file" if p.is_file() else "directory", "path": str(p.relative_to(root))}
+                        {"type": "file", "path": str(p.relative_to(root)), "size": p.stat().st_size,
+                         "oid": hashlib.sha1(p.read_bytes()).hexdigest()}
+                        if p.is_file() else {"type": "directory", "path": str(p.relative_to(root))}
                         for p in sorted(folder.iterdir())
-                    ]
+                    ]  # fmt: skip
                     return self.send_json(entries, body)
                 files = [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file()]
                 info = {
