@@ -97,7 +97,12 @@ def summary(tmp_path: Path) -> dict[str, Any]:
         "command": "tinyroberta-es run recipes/sample.yaml",
         "created": "2026-11-26T19:30:00+00:00",
         "versions": {"tinyroberta_es": "0.1.0", "torch": "2.13.0"},
-        "recipe": {"name": "sample", "teacher": {"epochs": 2}, "students": [{"name": "student-2l"}]},
+        "recipe": {
+            "name": "sample",
+            "teacher": {"epochs": 2},
+            "students": [{"name": "student-2l"}],
+            "card": {"limitations": ["A toy."]},
+        },
         "teacher": "teacher",
         "models": models,
         "evaluation": evaluation,
@@ -133,6 +138,7 @@ def test_markdown_holds_scores_and_retention(summary: dict[str, Any], tmp_path: 
     teacher = next(line for line in md.splitlines() if line.startswith("| teacher | teacher | pytorch"))
     assert teacher.endswith("| 19.00 |  |  |  |")  # no retention for the teacher itself
     assert 'Answering "no answer" to every question scores 20.00 F1 on sample_dev (12 of 60' in md
+    assert "Limitation: A toy." in md  # the recipe's own, under the accuracy table
     assert "![training curves](training_curves.png)" in md
     assert "![F1 against latency](f1_latency.png)" in md
     assert "```yaml\nname: sample\nteacher:\n  epochs: 2\n" in md

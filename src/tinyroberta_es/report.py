@@ -98,6 +98,10 @@ def blocks(summary: dict[str, Any], curves: Path | None, scatter: Path | None) -
         Heading("Accuracy"),
         *([Table(acc), Para(ACCURACY_NOTE.format(primary=primary))] if acc else [Para(NO_EVALUATION)]),
         *([Para(baseline_note(summary))] if baseline_note(summary) else []),
+        *[
+            Para(f"Limitation: {text}")
+            for text in ((summary.get("recipe") or {}).get("card") or {}).get("limitations", [])
+        ],
         Heading("Size and speed"),
         *speed_blocks(summary),
         Heading("Export"),
