@@ -260,6 +260,30 @@ def test_resuming_with_another_lr_or_length_is_refused(tmp_path, change, needle)
         train(QALoss(model), synthetic_features(), config(max_steps=2, **change), tmp_path, save_model=print)
 
 
+def test_a_checkpoint_older_than_a_setting_resumes_with_that_settings_default(tmp_path):
+    """A checkpoint written before `freeze_layers` existed ran with its default: it resumes with 0, not 1."""
+    from tinyroberta_es.checkpoint import load_checkpoint, save_checkpoint
+
+    model = TinyQAModel()
+    train(QALoss(model), synthetic_features(), config(max_steps=2), tmp_path, save_model=print)
+    (tmp_path / "train_state.json").unlink()
+    path = tmp_path / "checkpoint" / "state.pt"
+    state = load_checkpoint(path)
+    del state["layout"]["freeze_layers"]
+    save_checkpoint(path, state)
+    with pytest.raises(UserError, match=r"freeze_layers 0 -> 1"):
+        train(
+            QALoss(model),
+            synthetic_features(),
+            config(max_steps=2, freeze_layers=1),
+            tmp_path,
+            save_model=print,
+        )
+    assert (
+        train(QALoss(model), synthetic_features(), config(max_steps=2), tmp_path, save_model=print).step == 2
+    )
+
+
 def test_resuming_with_another_objective_is_refused(tmp_path):
     class Weighted(QALoss):
         def __init__(self, model, weight: float) -> None:

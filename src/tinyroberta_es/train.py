@@ -368,6 +368,9 @@ def _reload_finished(
 
 
 def _check_layout(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    # a setting newer than the checkpoint (absent from its layout) had its default value in that run
+    defaults = {k: f.default for f in fields(TrainConfig) if (k := f.name) in RESUME_SETTINGS}
+    saved = {k: v for k, v in defaults.items() if k not in saved} | saved
     keys = list(now) + [k for k in saved if k not in now]  # a term dropped from the objective counts too
     changed = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in keys if saved.get(k) != now.get(k)]
     if changed:
