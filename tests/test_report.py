@@ -246,3 +246,18 @@ def test_loss_balance_rows_read_gradient_shares_of_both_stages(tmp_path):
         ("prediction", "kd"): ("25.0%", "25.0%", "25.0%"),
         ("prediction", "ce"): ("75.0%", "75.0%", "75.0%"),
     }
+
+
+def test_students_of_several_seeds_get_their_mean_and_spread(summary: dict[str, Any]) -> None:
+    rows = summary["evaluation"]["rows"]
+    rows.append({**rows[1], "model": "student-2l-seed1", "scores": _scores(17.0, 11.0)})
+    assert report.seed_rows(summary) == [
+        {
+            "student": "student-2l",
+            "dataset": "sample_dev",
+            "seeds": "2",
+            "F1 per seed": "15.00, 17.00",
+            "mean F1": "16.00",
+            "sd": "1.41",
+        }
+    ]  # fmt: skip  (only pytorch rows: the onnx row of student-2l is left out)

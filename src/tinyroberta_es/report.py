@@ -107,6 +107,9 @@ def blocks(summary: dict[str, Any], curves: Path | None, scatter: Path | None) -
         Heading("Export"),
         Table(exports) if exports else Para("No student was exported to ONNX."),
     ]
+    seeds = seed_rows(summary)
+    if seeds:
+        doc += [Heading("Seeds"), Table(seeds), Para(SEEDS_NOTE)]
     balance = loss_balance_rows(summary)
     if balance:
         doc += [Heading("Loss balance"), Table(balance), Para(BALANCE_NOTE)]
@@ -175,6 +178,34 @@ def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         )
         out.append(row)
     return out
+
+
+SEED = re.compile(r"^(?P<base>.+)-seed\d+$")
+SEEDS_NOTE = (
+    "Students named NAME and NAME-seedK (the same recipe with another seed) grouped: the F1 of their pytorch "
+    "rows on each dataset (primary normalisation), its mean and its sample standard deviation."
+)
+
+
+def seed_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per student trained with several seeds (NAME, NAME-seed1, ...) and dataset: mean and spread."""
+    import statistics
+
+    evaluation = summary.get("evaluation") or {}
+    primary = evaluation.get("primary")
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in evaluation.get("rows") or []:
+        f1 = _f1(r, primary)
+        if r["backend"] != "pytorch" or f1 is None:
+            continue
+        match = SEED.match(r["model"])
+        groups.setdefault((match["base"] if match else r["model"], r["dataset"]), []).append(f1)
+    return [
+        {"student": base, "dataset": dataset, "seeds": str(len(f1s)),
+         "F1 per seed": ", ".join(f"{v:.2f}" for v in f1s),
+         "mean F1": f"{statistics.mean(f1s):.2f}", "sd": f"{statistics.stdev(f1s):.2f}"}
+        for (base, dataset), f1s in groups.items() if len(f1s) > 1
+    ]  # fmt: skip
 
 
 def baseline_note(summary: dict[str, Any]) -> str:
