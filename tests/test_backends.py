@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from tinyroberta_es.backends import BACKENDS, make_runner, onnx_path
 from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.errors import UserError
-from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer, load_qa_model
+from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
+from tinyroberta_es.model_folder import load_qa_model
 from tinyroberta_es.onnx_export import ExportConfig, export_model
+from tinyroberta_es.runtimes import BACKENDS, make_runner, onnx_path
 from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
 
 pytest.importorskip("onnxruntime")

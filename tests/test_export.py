@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
-from tinyroberta_es import onnx_export
+from tinyroberta_es import parity
 from tinyroberta_es.cli import main
 from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
@@ -61,7 +61,7 @@ def test_export_writes_the_files_and_the_parity_report(exported, capsys):
     assert {p.name for p in out.iterdir()} == {"model.onnx", "model.int8.onnx", "parity.json", "export.json"}
     report = json.loads((out / "parity.json").read_text(encoding="utf-8"))
     assert report["dev"] == "sample" and report["questions"] == 30 and report["windows"] >= 30
-    assert list(report["variants"]) == ["pytorch", "onnx", "onnx-int8"]
+    assert list(report["variants"]) == ["pytorch", "pytorch-bf16", "onnx", "onnx-int8"]
     fp32, int8 = report["variants"]["onnx"], report["variants"]["onnx-int8"]
     assert fp32["file"] == "model.onnx" and int8["file"] == "model.int8.onnx"
     assert max(fp32["max_abs_diff_start"], fp32["max_abs_diff_end"]) < 1e-4
@@ -196,14 +196,13 @@ def test_a_variant_over_the_f1_budget_fails_and_is_not_published(tmp_path, sampl
     stale = model_dir / "onnx" / "model.int8.onnx"  # from an earlier export: must not survive a failed one
     stale.parent.mkdir()
     stale.write_bytes(b"old")
-    real = onnx_export.parity_report
+    real = parity.check
 
-    def worse_int8(*args, **kwargs):
-        report = real(*args, **kwargs)
-        report["variants"]["onnx-int8"]["f1_drop"] = 2.5
-        return report
+    def worse_int8(ref, runner):
+        row = real(ref, runner)
+        return row | {"f1_drop": 2.5} if runner.name == "onnx-int8" else row
 
-    monkeypatch.setattr(onnx_export, "parity_report", worse_int8)
+    monkeypatch.setattr(parity, "check", worse_int8)
     argv = ["export", "--model", str(model_dir), "--quantize", "int8", "--dev-limit", "5", *WINDOW_FLAGS]
     status, _, err = run_cli(capsys, *argv)
     assert_one_line_error(status, err, "onnx-int8 loses 2.50 F1", "--max-f1-drop 1.0", "parity.json")

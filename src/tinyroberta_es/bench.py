@@ -3,15 +3,19 @@
 A short sibling of the inference path, not a second one: end-to-end timings go through
 `QuestionAnswerer.predict` (tokenisation + model + extraction) and fixed-length timings through the very
 runner that `QuestionAnswerer` calls. Every measurement warms up first, is timed with `time.perf_counter`,
-synchronises only on GPU and is summarised by its median and percentiles.
+synchronises only on GPU and is summarised by its median and percentiles (p99 only from 100 samples on).
 
-The matmul peak of each dtype is measured in the same run (torch fp32 and bf16 matmul, ONNX Runtime fp32
-MatMul and int8 MatMulInteger), so "fraction of peak" compares a model with what this machine, loaded as it
-is right now, can do: the model's analytic matmul FLOPs per fixed-length sequence over its measured latency.
+The matmul peaks are measured in the same run, at the models' own matmul shapes and with the same
+statistic (the median), for every engine and dtype (`timing.measure_peaks`). A row's matmul FLOPs are split
+by the dtype they run in (`Runner.matmul_dtypes`: constant-weight "linear" matmuls, computed-by-computed
+"attention" ones), so its "fraction of peak" is the time those FLOPs would take at the peaks of their own
+dtypes over the time the model took. Every speedup says what it compares (`labelled_speedups`): like for
+like, best against best, or against the baseline model in eager fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -24,18 +28,9 @@ from typing import Any
 import numpy as np
 
 from tinyroberta_es.errors import UserError
-from tinyroberta_es.timing import PEAK_SHAPES, measure_peaks, percentiles, time_calls
+from tinyroberta_es.timing import measure_peaks, percentiles, time_calls
 
 log = logging.getLogger(__name__)
-
-# The peak that bounds each backend: its engine and the dtype of its matmuls.
-PEAK_OF_BACKEND = {
-    "pytorch": "torch-fp32",
-    "pytorch-bf16": "torch-bf16",
-    "pytorch-bf16-compiled": "torch-bf16",
-    "onnx": "ort-fp32",
-    "onnx-int8": "ort-int8",
-}
 
 
 @dataclass
@@ -43,21 +38,26 @@ class BenchConfig:
     """What to benchmark and how long to spend on it."""
 
     models: list[str] = field(default_factory=list)  # model folders; the first one is the speedup baseline
-    backends: list[str] = field(default_factory=lambda: ["pytorch"])  # each model runs on each of these
+    backends: list[str] = field(default_factory=lambda: ["pytorch"])  # runtimes.BACKENDS keys, or auto
     dataset: str = "sample"  # dataset name (xquad_es, sample) or SQuAD-format file: the real questions
     questions: int = 100  # first N questions of the dataset, for end-to-end latency and throughput
     batch_size: int = 32  # windows (end to end) and sequences (fixed length) per call for throughput
     seq_len: int = 384  # tokens of the fixed-length inputs
     threads: int | None = None  # CPU threads for every backend and for the peaks (None: torch's default)
     warmup: int = 2  # untimed calls before each timed series
-    repeats: int = 20  # timed fixed-length calls at batch 1, at most
-    budget_s: float = 20.0  # stop a timed series after this long, once it has `min_repeats` calls
+    repeats: int = 100  # timed fixed-length calls at batch 1, at most (100 give a p99)
+    min_samples: int = 100  # timed end-to-end batch-1 calls at least, cycling through the questions
+    budget_s: float = 20.0  # stop a timed fixed-length series after this long, once it has `min_repeats`
     min_repeats: int = 3
-    peak_shapes: tuple[tuple[int, int, int], ...] | None = None  # (M, N, K) to time; None: PEAK_SHAPES
+    # (M, N, K) to measure the peaks at; None: the models' own, (T, H, H), (T, F, H), (T, H, F).
+    peak_shapes: tuple[tuple[int, int, int], ...] | None = None
     device: str = "cpu"
 
     def validate(self) -> None:
         """Raise one `UserError` that names every bad field, its value and the fix."""
+        from tinyroberta_es.runtimes import BACKENDS
+
+        choices = ", ".join([*BACKENDS, "auto"])
         problems = []
         if not self.models:
             problems.append("no models: pass at least one model folder to --models")
@@ -68,11 +68,11 @@ class BenchConfig:
             elif not (path / "config.json").is_file():
                 problems.append(f"{model} is not a model folder (no config.json)")
         if not self.backends:
-            problems.append("no backends: pass --backends with one or more of " + ", ".join(PEAK_OF_BACKEND))
+            problems.append(f"no backends: pass --backends with one or more of {choices}")
         for backend in self.backends:
-            if backend not in PEAK_OF_BACKEND:
-                problems.append(f"unknown backend {backend!r}: choose from {', '.join(PEAK_OF_BACKEND)}")
-        for name in ("questions", "batch_size", "seq_len", "repeats", "min_repeats"):
+            if backend not in BACKENDS and backend != "auto":
+                problems.append(f"unknown backend {backend!r}: choose from {choices}")
+        for name in ("questions", "batch_size", "seq_len", "repeats", "min_repeats", "min_samples"):
             if getattr(self, name) < 1:
                 problems.append(
                     f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer"
@@ -83,19 +83,84 @@ class BenchConfig:
             raise UserError("; ".join(problems))
 
 
-# --- counting and timing ------------------------------------------------------------------------------
+# --- counting -------------------------------------------------------------------------------------------
+
+
+def matmul_flops_by_group(config: Any, seq_len: int) -> dict[str, int]:
+    """Matmul FLOPs of one `seq_len`-token sequence through an encoder QA model, by the kind of matmul.
+
+    "linear" (constant weights): per layer the Q, K, V and output projections (4 H x H) and the FFN (H x F
+    and F x H) on every token, then the QA head (H x 2) on every token. "attention" (both inputs computed):
+    per layer the scores (T x T x H) and the context (T x T x H). Multiply-add = 2 FLOPs. Embedding lookups,
+    layer norms, softmax and GELU are left out: they are not matmuls.
+    """
+    t, h, f, layers = seq_len, config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return {
+        "linear": layers * 2 * t * (4 * h * h + 2 * h * f) + 2 * t * h * 2,
+        "attention": layers * 2 * 2 * t * t * h,
+    }
 
 
 def matmul_flops(config: Any, seq_len: int) -> int:
-    """Matmul FLOPs of one `seq_len`-token sequence through an encoder QA model (multiply-add = 2 FLOPs).
+    """Matmul FLOPs of one `seq_len`-token sequence, every group together (`matmul_flops_by_group`)."""
+    return sum(matmul_flops_by_group(config, seq_len).values())
 
-    Per layer: Q, K, V and output projections (4 H x H) and the FFN (H x F and F x H) on every token,
-    plus attention scores (T x T x H) and context (T x T x H); then the QA head (H x 2) on every token.
-    Embedding lookups, layer norms, softmax and GELU are left out: they are not matmuls.
+
+def model_shapes(configs: Sequence[Any], seq_len: int) -> tuple[tuple[int, int, int], ...]:
+    """The (M, N, K) of the linear matmuls of one `seq_len`-token sequence in each model, deduplicated.
+
+    (T, H, H): the Q, K, V and output projections; (T, F, H): the FFN up; (T, H, F): the FFN down.
     """
-    t, h, f = seq_len, config.hidden_size, config.intermediate_size
-    per_layer = 2 * t * (4 * h * h + 2 * h * f) + 2 * 2 * t * t * h
-    return config.num_hidden_layers * per_layer + 2 * t * h * 2
+    shapes: dict[tuple[int, int, int], None] = {}
+    for c in configs:
+        t, h, f = seq_len, c.hidden_size, c.intermediate_size
+        shapes.update(dict.fromkeys([(t, h, h), (t, f, h), (t, h, f)]))
+    return tuple(shapes)
+
+
+@dataclass
+class PeakBound:
+    """The time one sequence's matmuls would take at the peaks of the engine and dtypes they run in."""
+
+    ideal_ms: float | None  # sum over groups of FLOPs / peak; None when a dtype or a fitting peak is missing
+    peaks_used: dict[str, dict[str, Any]]  # group -> {"peak": "ort-int8", "gflops": rate}
+    note: str | None  # why `ideal_ms` is None
+
+
+def peak_bound(
+    flops_by_group: dict[str, int],
+    matmul_dtypes: dict[str, str] | None,
+    engine: str,
+    device: str,
+    peaks: dict[str, dict[str, Any]],
+) -> PeakBound:
+    """Each group's FLOPs over the peak of `engine` in that group's dtype, measured on `device`, summed."""
+    used: dict[str, dict[str, Any]] = {}
+    problems = []
+    ms = 0.0
+    for group, flops in flops_by_group.items():
+        dtype = (matmul_dtypes or {}).get(group)
+        key = f"{engine}-{dtype}"
+        peak = peaks.get(key)
+        if dtype is None:
+            problems.append(f"the runtime does not say what dtype its {group} matmuls run in")
+        elif peak is None:
+            problems.append(f"no {key} peak was measured")
+        elif _device_key(peak["device"]) != _device_key(device):
+            gpu_run = " (no fraction of a CPU peak for a GPU run)" if device.startswith("cuda") else ""
+            problems.append(
+                f"the {key} peak was measured on {peak['device']}, this row ran on {device}{gpu_run}"
+            )
+        elif peak.get("verified_int8") is False:
+            problems.append(f"the {key} peak did not compile to an int8 matmul")
+        else:
+            used[group] = {"peak": key, "gflops": peak["gflops"]}
+            ms += flops / (peak["gflops"] * 1e9) * 1e3
+    return PeakBound(None if problems else ms, used, "; ".join(problems) or None)
+
+
+def _device_key(device: str) -> str:
+    return "cuda:0" if device == "cuda" else device
 
 
 # --- models ---------------------------------------------------------------------------------------------
@@ -104,11 +169,12 @@ def matmul_flops(config: Any, seq_len: int) -> int:
 def run_bench(cfg: BenchConfig, command: str = "") -> dict[str, Any]:
     """Benchmark every model of `cfg` on every backend; the report that `write_report` saves.
 
-    Rows come in the order model x backend; ONNX backends whose export is missing are skipped and listed
-    under `skipped`. Speedups compare each row with the first row measured (the first model's first
-    backend, unless that export was missing): `speedup_vs_first`.
+    Rows come in the order model x backend; backends whose export is missing are skipped and listed under
+    `skipped`. `speedups` compares every row with the first model (`labelled_speedups`); each row also keeps
+    `speedup_vs_first`, against the first row measured.
     """
     import torch
+    from transformers import AutoConfig
 
     from tinyroberta_es.data.loading import load_dataset
 
@@ -116,6 +182,7 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict[str, Any]:
     examples = list(load_dataset(cfg.dataset, bad_spans="keep").examples[: cfg.questions])
     if not examples:
         raise UserError(f"dataset {cfg.dataset} has no questions; pass a dataset with at least one")
+    shapes = cfg.peak_shapes or model_shapes([AutoConfig.from_pretrained(m) for m in cfg.models], cfg.seq_len)
     # One thread count for every backend and peak (ONNX Runtime's default, one per physical core, differs).
     threads = cfg.threads or torch.get_num_threads()
     previous = torch.get_num_threads()
@@ -123,7 +190,7 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict[str, Any]:
         torch.set_num_threads(threads)
         machine = machine_info()
         log.info("measuring the matmul peaks (load average %s)", machine["load_average_before"])
-        peaks = measure_peaks(cfg.peak_shapes or PEAK_SHAPES, threads=threads, device=cfg.device)
+        peaks = measure_peaks(shapes, threads=threads, device=cfg.device)
         rows, skipped = [], []
         for model, name in zip(cfg.models, model_names(cfg.models), strict=True):
             for backend in cfg.backends:
@@ -145,8 +212,10 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict[str, Any]:
         "command": command,
         "config": asdict(cfg),
         "machine": machine,
+        "peak_shapes": [list(s) for s in shapes],
         "peaks": peaks,
         "baseline": {"model": rows[0]["model"], "backend": rows[0]["backend"]},
+        "speedups": labelled_speedups(rows, cfg.models[0]),
         "rows": rows,
         "skipped": skipped,
     }
@@ -166,6 +235,7 @@ def bench_one(
     from transformers import AutoConfig
 
     from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
+    from tinyroberta_es.runtimes import engine_of
 
     config = InferenceConfig(
         max_length=cfg.seq_len,
@@ -179,18 +249,26 @@ def bench_one(
     runner = answerer.runner
     sync = torch.cuda.synchronize if str(runner.device).startswith("cuda") else None
 
-    # End to end, batch 1: one question at a time through predict (tokenise, run, extract).
+    # End to end, batch 1: one question at a time through predict (tokenise, run, extract), cycling through
+    # the questions until there are `min_samples` timings (a p99 needs 100).
     for ex in examples[: cfg.warmup]:
         answerer.predict([ex])
     e2e = []
-    for ex in examples:
+    for i in range(max(len(examples), cfg.min_samples)):
+        ex = examples[i % len(examples)]
         t0 = time.perf_counter()
         answerer.predict([ex])
         e2e.append(time.perf_counter() - t0)
-    # End to end, batched: all the questions at once, windows in batches of `batch_size`.
-    t0 = time.perf_counter()
-    answerer.predict(examples)
-    questions_per_s = len(examples) / (time.perf_counter() - t0)
+    # End to end, batched: all the questions at once, windows in batches of `batch_size`; one untimed pass.
+    passes = time_calls(
+        lambda: answerer.predict(examples),
+        warmup=1,
+        repeats=max(3, cfg.min_repeats),
+        budget_s=cfg.budget_s,
+        min_repeats=1,
+    )
+    e2e_batch = percentiles(passes)
+    questions_per_s = len(examples) / (e2e_batch["p50"] / 1e3)
 
     # Fixed length: the model call alone on `seq_len`-token windows, at batch 1 and at `batch_size`.
     one = fixed_length_inputs(answerer, examples, cfg.seq_len, batch=1)
@@ -207,19 +285,20 @@ def bench_one(
         lambda: runner(many), warmup=1, repeats=cfg.repeats, budget_s=cfg.budget_s, min_repeats=1, sync=sync
     )
 
-    flops = matmul_flops(AutoConfig.from_pretrained(model), cfg.seq_len)
+    flops_by_group = matmul_flops_by_group(AutoConfig.from_pretrained(model), cfg.seq_len)
+    flops = sum(flops_by_group.values())
     fixed_b1 = percentiles(fixed)
     sequences_per_s = cfg.batch_size / (percentiles(batched)["p50"] / 1e3)
-    peak_key = PEAK_OF_BACKEND[backend]
-    peak = peaks.get(peak_key, {}).get("gflops")
-    gflops_b1 = flops / (fixed_b1["p50"] / 1e3) / 1e9
-    gflops_batch = flops * sequences_per_s / 1e9
+    bound = peak_bound(
+        flops_by_group, runner.matmul_dtypes, engine_of(runner.name), str(runner.device), peaks
+    )
     row = {
         "model": name,
         "folder": str(model),
         "backend": runner.name,
         "device": str(runner.device),
         "dtype": str(runner.dtype),
+        "matmul_dtypes": runner.matmul_dtypes,
         "threads": runner.threads,
         "params": answerer.params,
         "weights_bytes": answerer.weights_bytes,
@@ -231,26 +310,30 @@ def bench_one(
         "fixed_ms_b1": fixed_b1["p50"],
         "fixed_b1": fixed_b1,
         "fixed_batch": percentiles(batched),
+        "e2e_batch": e2e_batch,  # ms per pass over every question
         "throughput": questions_per_s,
         "sequences_per_s": sequences_per_s,
         "flops_per_sequence": flops,
-        "gflops_b1": gflops_b1,
-        "gflops_batch": gflops_batch,
-        "peak": peak_key,
-        "peak_gflops": peak,
-        "fraction_of_peak": gflops_b1 / peak if peak else None,
-        "fraction_of_peak_batch": gflops_batch / peak if peak else None,
+        "flops_by_group": flops_by_group,
+        "gflops_b1": flops / (fixed_b1["p50"] / 1e3) / 1e9,
+        "gflops_batch": flops * sequences_per_s / 1e9,
+        "peaks_used": bound.peaks_used,
+        "ideal_ms_b1": bound.ideal_ms,  # the matmuls alone at the peaks of their dtypes
+        "fraction_of_peak": None if bound.ideal_ms is None else bound.ideal_ms / fixed_b1["p50"],
+        "fraction_of_peak_batch": None if bound.ideal_ms is None else bound.ideal_ms * sequences_per_s / 1e3,
+        "fraction_of_peak_note": bound.note,
         "load_average": _load_average(),  # 1, 5, 15 min, after this row: other jobs skew timings
     }
+    if runner.selection is not None:
+        row["auto"] = runner.selection
     log.info(
-        "%s on %s: %.1f ms end to end, %.1f ms at %d tokens (%.0f%% of %s peak), %.1f questions/s",
+        "%s on %s: %.1f ms end to end, %.1f ms at %d tokens (%s of peak), %.1f questions/s",
         name,
-        backend,
+        runner.name,
         row["latency_ms_b1"],
         row["fixed_ms_b1"],
         cfg.seq_len,
-        100 * (row["fraction_of_peak"] or 0),
-        peak_key,
+        "?" if row["fraction_of_peak"] is None else f"{100 * row['fraction_of_peak']:.0f}%",
         questions_per_s,
     )
     return row
@@ -277,28 +360,81 @@ def fixed_length_inputs(
 
 
 def missing_export(model: str, backend: str) -> str | None:
-    """Why `backend` cannot run `model` (its ONNX export is missing), or None when it can."""
-    from tinyroberta_es.backends import onnx_path
+    """Why `backend` cannot run `model` (its ONNX or OpenVINO export is missing), or None when it can."""
+    from tinyroberta_es.runtimes import missing_files
 
-    if not backend.startswith("onnx"):
-        return None
-    path = onnx_path(model, backend)
-    if path.is_file():
-        return None
-    quantize = " --quantize int8" if backend == "onnx-int8" else ""
-    return f"no export at {path}; run: tinyroberta-es export --model {model}{quantize}"
+    return None if backend == "auto" else missing_files(model, backend)
+
+
+# --- speedups -------------------------------------------------------------------------------------------
+
+
+def speedup(row: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
+    """How many times faster `row` is than `base`: fixed-length and end-to-end b1 medians, and throughput."""
+    return {
+        "fixed_b1": base["fixed_ms_b1"] / row["fixed_ms_b1"],
+        "latency_b1": base["latency_ms_b1"] / row["latency_ms_b1"],
+        "throughput": row["throughput"] / base["throughput"],
+    }
+
+
+def labelled_speedups(rows: list[dict[str, Any]], baseline_folder: str) -> dict[str, Any]:
+    """Every row against the baseline model (the one in `baseline_folder`), in three labelled views.
+
+    `like_for_like`: each row against the baseline on the same backend. `best_vs_best`: each model's
+    fastest backend (by fixed-length b1 median) against the baseline's fastest. `vs_baseline_eager_fp32`:
+    each row against the baseline on `pytorch`. The headline is the best-against-best entry of the fastest
+    other model. Sets `speedup_like_for_like` and `speedup_vs_baseline_eager_fp32` on each row (None
+    where the baseline lacks that backend).
+    """
+    ours = [r for r in rows if r["folder"] == baseline_folder]
+    by_backend: dict[str, dict[str, Any]] = {}
+    for r in sorted(ours, key=lambda r: "auto" in r):  # a concrete row before an auto row that chose it
+        by_backend.setdefault(r["backend"], r)
+    eager = by_backend.get("pytorch")
+    fastest: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["folder"] not in fastest or r["fixed_ms_b1"] < fastest[r["folder"]]["fixed_ms_b1"]:
+            fastest[r["folder"]] = r
+    like, vs_eager = [], []
+    for r in rows:
+        same = by_backend.get(r["backend"])
+        r["speedup_like_for_like"] = speedup(r, same) if same else None
+        r["speedup_vs_baseline_eager_fp32"] = speedup(r, eager) if eager else None
+        if same:
+            like.append(_entry(r, same))
+        if eager:
+            vs_eager.append(_entry(r, eager))
+    base_best = fastest.get(baseline_folder)
+    best = [_entry(r, base_best) for r in fastest.values()] if base_best else []
+    others = [e for e, r in zip(best, fastest.values(), strict=True) if r["folder"] != baseline_folder]
+    return {
+        "baseline_model": base_best["model"] if base_best else None,
+        "metrics": {
+            "fixed_b1": "baseline's fixed-length batch-1 median latency / the row's",
+            "latency_b1": "baseline's end-to-end batch-1 median latency / the row's",
+            "throughput": "the row's end-to-end questions/s / the baseline's",
+        },
+        "headline": max(others, key=lambda e: e["fixed_b1"]) if others else None,
+        "best_vs_best": best,
+        "like_for_like": like,
+        "vs_baseline_eager_fp32": vs_eager,
+    }
+
+
+def _entry(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    names = {"model": row["model"], "backend": row["backend"], "auto": "auto" in row}  # auto: chosen by auto
+    return names | {"baseline_model": base["model"], "baseline_backend": base["backend"]} | speedup(row, base)
 
 
 def add_speedups(rows: list[dict[str, Any]], key: str) -> None:
     """Set `row[key]` to each row's speedup over `rows[0]`: latency ratios and throughput ratios."""
     base = rows[0]
     for row in rows:
-        row[key] = {
-            "latency_b1": base["latency_ms_b1"] / row["latency_ms_b1"],
-            "fixed_b1": base["fixed_ms_b1"] / row["fixed_ms_b1"],
-            "throughput": row["throughput"] / base["throughput"],
-            "sequences_per_s": row["sequences_per_s"] / base["sequences_per_s"],
-        }
+        row[key] = speedup(row, base) | {"sequences_per_s": row["sequences_per_s"] / base["sequences_per_s"]}
+
+
+# --- names and the machine ------------------------------------------------------------------------------
 
 
 def model_names(models: Sequence[str]) -> list[str]:
@@ -324,12 +460,9 @@ def machine_info() -> dict[str, Any]:
         "tinyroberta_es": __version__,
         "load_average_before": _load_average(),
     }
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for library in ("onnxruntime", "openvino"):
+        with contextlib.suppress(ImportError):
+            info[library] = __import__(library).__version__
     return info
 
 

@@ -1,4 +1,4 @@
-"""Export a QA model to ONNX (fp32, fused; int8) and check each file against PyTorch on a dev set.
+"""Export a QA model to ONNX (fp32 fused; int8) and OpenVINO IR (fp32; NNCF int8), checked against PyTorch.
 
 The steps, each chosen because the alternative measurably failed on this project's models:
 
@@ -6,13 +6,16 @@ The steps, each chosen because the alternative measurably failed on this project
    Runtime's transformer optimizer recognises that graph's attention pattern; the dynamo exporter's graph
    did not fuse. Batch and sequence axes are dynamic.
 2. Fuse with ONNX Runtime's BERT optimizer (one Attention per layer, SkipLayerNormalization, BiasGelu;
-   timings in `backends.py`). If fusion fails, the unfused graph is kept and the export says so.
+   timings in `runtimes/pytorch.py`). If fusion fails, the unfused graph is kept and the export says so.
 3. Quantise the fused graph to int8 (`quantize_dynamic`, weights int8, activations quantised at run time).
    Fused contrib ops have no type information, hence ``DefaultTensorType: FLOAT``. The default op types
    (MatMul, Attention, Gather) ran fastest and smallest on the 6x512 student: 30 ms and 51 MB against
    39 ms and 143 MB for MatMul alone.
-4. Parity: logits of every ONNX file against PyTorch fp32 on the dev windows, and EM/F1 of each; a variant
-   that loses more than `max_f1_drop` F1 fails the export and is kept only as `*.rejected.onnx`.
+4. With `formats` holding "openvino": the unfused graph of step 1 converted to OpenVINO IR, and with int8
+   quantised by NNCF on real calibration windows (`openvino_export.py`).
+5. Parity (`parity.py`): logits of every backend against PyTorch fp32 on the dev windows, and EM/F1 of each
+   (PyTorch bf16 and the OpenVINO bf16 runs too, which need no file of their own); a variant that loses more
+   than `max_f1_drop` F1 fails the export and is kept only as `*.rejected.*`.
 
 Nothing is published until the parity check has run: files are built in a temporary folder inside the
 output folder and moved into place one by one with `os.replace`.
@@ -20,6 +23,9 @@ output folder and moved into place one by one with `os.replace`.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -32,13 +38,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinyroberta_es import atomic
-from tinyroberta_es.backends import INSTALL_HINT, ONNX_DIR, ONNX_FILES, import_onnxruntime, onnx_runner
+from tinyroberta_es import atomic, parity
+from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.features import prepare_features
+from tinyroberta_es.inference import InferenceConfig
+from tinyroberta_es.runtimes import (
+    BACKENDS,
+    INSTALL_HINT,
+    IR_FILES,
+    ONNX_DIR,
+    ONNX_FILES,
+    Runner,
+    has_bf16,
+    import_onnxruntime,
+    import_openvino,
+    onnx_runner,
+    ov_runner,
+    torch_runner,
+)
+from tinyroberta_es.runtimes.ov import compiled_runner
 
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("int8",)
+FORMATS = ("onnx", "openvino")
+FILE_OWNERS = ("onnx", "onnx-int8", "openvino", "openvino-int8")  # the backends an export writes files for
+INT8_METHODS = ("auto", "plain", "accuracy-aware")  # OpenVINO int8; auto: accuracy-aware when plain misses
 # ONNX Runtime's optimizer type for each Hugging Face model_type it can fuse.
 FUSION_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert"}
 # What a self-contained export folder needs besides the ONNX files: the config and the tokenizer.
@@ -71,6 +97,16 @@ class ExportConfig:
     max_length: int = 384  # window length of the parity check
     doc_stride: int = 128
     max_f1_drop: float = 1.0  # a variant that loses more F1 (points) than this fails the export
+    formats: tuple[str, ...] = ("onnx",)  # onnx, openvino: what to write
+    calibration: str | None = (
+        None  # OpenVINO int8 calibration set; default: --dev (questions it does not check)
+    )
+    calibration_size: int = 128  # calibration windows
+    validation_size: int = 200  # questions the accuracy-aware mode scores F1 on (from the calibration set)
+    int8_method: str = (
+        "auto"  # OpenVINO int8: plain NNCF; accuracy-aware; auto (the second when plain misses)
+    )
+    smooth_quant_alpha: float | None = None  # None: NNCF's default for transformers
 
     def validate(self) -> None:
         """Raise one UserError naming every bad field."""
@@ -86,6 +122,17 @@ class ExportConfig:
             problems.append(f"--doc-stride {self.doc_stride} must be 0 or more")
         if not self.max_f1_drop >= 0:  # also catches NaN
             problems.append(f"--max-f1-drop {self.max_f1_drop} must be a number >= 0")
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            problems.append(f"--format {','.join(self.formats)!r}: choose onnx, openvino or onnx,openvino")
+        if self.int8_method not in INT8_METHODS:
+            problems.append(f"--int8-method {self.int8_method!r}: choose {', '.join(INT8_METHODS)}")
+        for flag, value in (
+            ("calibration-size", self.calibration_size),
+            ("validation-size", self.validation_size),
+        ):
+            if value < 1:
+                problems.append(f"--{flag} {value} must be a positive integer")
         if self.output is None and not Path(self.model).expanduser().is_dir():
             problems.append(f"--model {self.model} is not a local folder: pass --output for the export")
         if problems:
@@ -100,17 +147,13 @@ class ExportConfig:
 def export_model(config: ExportConfig, strict: bool = True) -> dict[str, Any]:
     """Export, fuse, quantise and check `config.model`; returns the parity report written to parity.json.
 
-    A variant over the F1 budget is kept as `*.rejected.onnx` and named in `report["rejected"]`; with
-    `strict` (the `export` command) that is an error, without it (`run`) the caller reports it.
+    A variant over the F1 budget is kept as `*.rejected.*` and named in `report["rejected"]`; with `strict`
+    (the `export` command) that is an error, without it (`run`) the caller reports it.
     """
-    from tinyroberta_es.inference import load_qa_model
+    from tinyroberta_es.model_folder import load_qa_model
 
     config.validate()
-    import_onnxruntime()
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise UserError(f"export needs the onnx package, which is missing: {INSTALL_HINT}") from None
+    _check_installed(config)
     model, tokenizer = load_qa_model(config.model, attn_implementation="eager")
     out = config.output_dir
     try:
@@ -118,42 +161,236 @@ def export_model(config: ExportConfig, strict: bool = True) -> dict[str, Any]:
     except OSError as err:
         raise UserError(f"cannot create --output {out} ({err.strerror or err}): check the path") from None
     params = sum(p.numel() for p in model.parameters())
-    metadata = {"params": str(params), "source": str(config.model), "producer": "tinyroberta-es export"}
+    dev, inference = parity_questions(config)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp_name:
         tmp = Path(tmp_name)
         input_names = torchscript_export(model, tokenizer, tmp / "raw.onnx", config.opset)
-        variants = {"onnx": tmp / ONNX_FILES["onnx"]}
-        fused_ops = None
-        if config.optimize:
-            fused_ops = fuse(tmp / "raw.onnx", variants["onnx"], model.config)
-        if fused_ops is None:
-            os.replace(tmp / "raw.onnx", variants["onnx"])
-        if config.quantize == "int8":
-            variants["onnx-int8"] = tmp / ONNX_FILES["onnx-int8"]
-            quantize_int8(variants["onnx"], variants["onnx-int8"], per_channel=config.per_channel)
-        for path in variants.values():
-            set_metadata(path, metadata)
-        report = parity_report(model, tokenizer, variants, config)
-        rejected = over_budget(report, config.max_f1_drop)
+        ref = parity.reference(dev, tokenizer, torch_runner(model), inference)
+        rows: dict[str, dict[str, Any]] = {"pytorch": ref.reference}
+        bf16 = copy.deepcopy(model).to(torch.bfloat16)
+        rows["pytorch-bf16"] = parity.check(ref, torch_runner(bf16, name="pytorch-bf16"))
+        del bf16
+        files: dict[str, Path] = {}  # backend -> the file it loads, in tmp
+        fused_ops, int8 = None, {}
+        if "onnx" in config.formats:
+            fused_ops = _onnx_variants(config, model, tmp, files, params)
+        if "openvino" in config.formats:
+            int8 = _openvino_variants(
+                config, tokenizer, inference, ref, input_names, tmp, files, params, rows
+            )
+        for backend, path in files.items():
+            if backend not in rows:
+                rows[backend] = parity.check(ref, _runner(backend, path))
+        rows = {b: rows[b] for b in BACKENDS if b in rows}  # the registry's order: engine, then dtype
+        report = {
+            "dev": config.dev,
+            "questions": len(dev.examples),
+            "windows": len(ref.features),
+            "max_length": config.max_length,
+            "doc_stride": config.doc_stride,
+            "normalization": "mlqa-es",
+            "max_f1_drop": config.max_f1_drop,
+            "variants": rows,
+            "int8": int8,
+        }
+        for row in rows.values():
+            row["passed"] = row.get("f1_drop", 0.0) <= config.max_f1_drop
+        # Only a backend with files of its own fails the export; a bf16 run over budget is marked not passed.
+        rejected = [b for b in parity.over_budget(report, config.max_f1_drop) if b in FILE_OWNERS]
         report.update(fused_ops=fused_ops, input_names=list(input_names), params=params, rejected=rejected)
-        for backend, path in variants.items():
-            name = path.name.replace(".onnx", ".rejected.onnx") if backend in rejected else path.name
-            publish(path, out / name)
-            if backend in rejected:
-                (out / path.name).unlink(missing_ok=True)  # a stale file from an earlier export must not run
-            report["variants"][backend]["file"] = name
+        _publish_files(files, rejected, out, rows)
     if config.output is not None:
         copy_tokenizer_files(Path(config.model).expanduser(), out)
+    report["variants"] = _keep_earlier_rows(out / "parity.json", report, config)
     atomic.write_json(out / "parity.json", report)
     atomic.write_json(out / "export.json", {**asdict(config), **versions()})
     if rejected and strict:
         worst = ", ".join(f"{b} loses {report['variants'][b]['f1_drop']:.2f} F1" for b in rejected)
         raise UserError(
-            f"{worst} on {config.dev} (budget --max-f1-drop {config.max_f1_drop}); kept as *.rejected.onnx "
+            f"{worst} on {config.dev} (budget --max-f1-drop {config.max_f1_drop}); kept as *.rejected.* "
             f"in {out}, see {out / 'parity.json'}"
-            + ("" if config.per_channel else "; for int8, try --per-channel")
+            + ("" if config.per_channel else "; for ONNX int8, try --per-channel")
         )
     return report
+
+
+def _publish_files(
+    files: dict[str, Path], rejected: list[str], out: Path, rows: dict[str, dict[str, Any]]
+) -> None:
+    """Move each backend's files into `out`: `model.int8.onnx`, or `model.int8.rejected.onnx` when rejected.
+
+    An IR is two files (`.xml`, `.bin`); the bf16 backends share their sibling's files, which are rejected
+    only with the sibling (a bf16 run over budget is marked in parity.json, and `auto` skips it).
+    """
+    by_file: dict[Path, list[str]] = {}
+    for backend, path in files.items():
+        by_file.setdefault(path, []).append(backend)
+    for path, backends in by_file.items():
+        owner = backends[0]  # the fp32-rest backend that the file was made for
+        is_rejected = owner in rejected
+        for file in [path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])]:
+            name = f"{file.stem}.rejected{file.suffix}" if is_rejected else file.name
+            publish(file, out / name)
+            if is_rejected:
+                (out / file.name).unlink(missing_ok=True)  # a stale file of an earlier export must not run
+        for backend in backends:
+            rows[backend]["file"] = f"{path.stem}.rejected{path.suffix}" if is_rejected else path.name
+
+
+def _check_installed(config: ExportConfig) -> None:
+    import_onnxruntime()  # the parity check of the ONNX files, and onnx for the first graph of every format
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UserError(f"export needs the onnx package, which is missing: {INSTALL_HINT}") from None
+    if "openvino" in config.formats:
+        import_openvino()
+        if config.quantize:
+            from tinyroberta_es.openvino_export import import_nncf
+
+            import_nncf()
+
+
+def parity_questions(config: ExportConfig) -> tuple[Any, InferenceConfig]:
+    """The dev questions of the parity check and the window settings they are read with."""
+    dev = load_dataset(config.dev, bad_spans="keep")
+    dev = dataclasses.replace(dev, examples=dev.examples[: config.dev_limit])
+    if not dev.examples:
+        raise UserError(f"--dev {config.dev} has no questions for the parity check: pick another dataset")
+    inference = InferenceConfig(
+        max_length=config.max_length,
+        doc_stride=config.doc_stride,
+        null_threshold=0.0 if dev.is_v2 else None,
+    )
+    return dev, inference
+
+
+def _onnx_variants(
+    config: ExportConfig, model: Any, tmp: Path, files: dict[str, Path], params: int
+) -> dict[str, int] | None:
+    """Fuse (and quantise) the TorchScript graph into `tmp`; adds the ONNX backends to `files`."""
+    metadata = {"params": str(params), "source": str(config.model), "producer": "tinyroberta-es export"}
+    files["onnx"] = tmp / ONNX_FILES["onnx"]
+    fused_ops = fuse(tmp / "raw.onnx", files["onnx"], model.config) if config.optimize else None
+    if fused_ops is None:
+        shutil.copyfile(tmp / "raw.onnx", files["onnx"])
+    if config.quantize == "int8":
+        files["onnx-int8"] = tmp / ONNX_FILES["onnx-int8"]
+        quantize_int8(files["onnx"], files["onnx-int8"], per_channel=config.per_channel)
+    for backend in ("onnx", "onnx-int8"):
+        if backend in files:
+            set_metadata(files[backend], metadata)
+    return fused_ops
+
+
+def _openvino_variants(
+    config: ExportConfig,
+    tokenizer: Any,
+    inference: InferenceConfig,
+    ref: parity.ParitySet,
+    input_names: tuple[str, ...],
+    tmp: Path,
+    files: dict[str, Path],
+    params: int,
+    rows: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Convert (and quantise with NNCF) into `tmp`, checking each OpenVINO backend; how int8 was made."""
+    from tinyroberta_es import openvino_export
+
+    fp32 = tmp / IR_FILES["openvino"]
+    openvino_export.convert(tmp / "raw.onnx", fp32, params)
+    files["openvino"] = fp32
+    bf16 = has_bf16()
+    if bf16:
+        files["openvino-bf16"] = fp32
+    if config.quantize != "int8":
+        return {}
+    int8 = tmp / IR_FILES["openvino-int8"]
+    windows, questions, calibration = calibration_set(config, tokenizer, inference, input_names)
+    how = openvino_export.quantize(fp32, int8, windows, smooth_quant_alpha=config.smooth_quant_alpha)
+    rows["openvino-int8"] = parity.check(ref, _runner("openvino-int8", int8))
+    method = config.int8_method
+    if method == "accuracy-aware" or (
+        method == "auto" and rows["openvino-int8"]["f1_drop"] > config.max_f1_drop
+    ):
+        plain = {**how, "f1_drop": rows["openvino-int8"]["f1_drop"]}
+        f1_of = parity.f1_function(
+            tokenizer, inference, lambda c: compiled_runner(c, "openvino-int8"), questions
+        )
+        how = openvino_export.quantize_accuracy_aware(
+            fp32, int8, windows, questions.examples, f1_of, max_drop=config.max_f1_drop
+        )
+        how["plain_attempt"] = plain
+        rows["openvino-int8"] = parity.check(ref, _runner("openvino-int8", int8))
+    files["openvino-int8"] = int8
+    if bf16:
+        files["openvino-int8-bf16"] = int8
+    return {"openvino-int8": {**how, **calibration}}
+
+
+def calibration_set(
+    config: ExportConfig, tokenizer: Any, inference: InferenceConfig, input_names: tuple[str, ...]
+) -> tuple[list[dict[str, np.ndarray]], Any, dict[str, Any]]:
+    """Calibration windows (one each, unpadded) and validation questions for OpenVINO int8, and where from.
+
+    From `--calibration` (default: `--dev`). Taken from the dev set, they are the questions after the ones
+    the parity check uses when there are any, so the check scores questions the calibration did not see.
+    """
+    name = config.calibration or config.dev
+    data = load_dataset(name, bad_spans="keep")
+    examples = list(data.examples)
+    overlaps = False
+    if name == config.dev:
+        rest = examples[config.dev_limit :] if config.dev_limit else []
+        overlaps = not rest
+        examples = rest or examples
+    order = np.random.default_rng(0).permutation(len(examples))
+    examples = [examples[i] for i in order]
+    features = prepare_features(
+        examples[: config.calibration_size],
+        tokenizer,
+        max_length=inference.max_length,
+        doc_stride=inference.doc_stride,
+        max_query_length=inference.max_query_length,
+    )
+    count = min(config.calibration_size, len(features))
+    windows = [
+        {k: v for k, v in features.batch([i]).items() if k in input_names} for i in range(count)
+    ]  # (1, T_i) each
+    questions = dataclasses.replace(data, examples=examples[: config.validation_size])
+    info = {
+        "calibration_set": name,
+        "calibration_questions": len({features.example_index[i] for i in range(count)}),
+        "calibration_overlaps_parity": overlaps,
+    }
+    if overlaps:
+        log.warning("calibrating on the parity questions of %s: pass --calibration another set", name)
+    return windows, questions, info
+
+
+def _runner(backend: str, path: Path) -> Runner:
+    """A runner on a file still in the temporary folder: parity is checked before anything is published."""
+    if backend.startswith("onnx"):
+        return onnx_runner(path, name=backend, dtype="int8" if "int8" in backend else "float32")
+    precision = "bf16" if backend.endswith("bf16") else "f32"
+    return ov_runner(path, name=backend, precision=precision)
+
+
+def _keep_earlier_rows(path: Path, report: dict[str, Any], config: ExportConfig) -> dict[str, Any]:
+    """This export's rows, plus an earlier parity.json's rows of formats not exported now (same check)."""
+    if not path.is_file():
+        return report["variants"]
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    same = all(earlier.get(k) == report[k] for k in ("dev", "questions", "max_length", "doc_stride"))
+    if not same:
+        return report["variants"]
+    formats = {"onnx": "onnx", "openvino": "openvino"}
+    kept = {
+        b: row
+        for b, row in earlier.get("variants", {}).items()
+        if b not in report["variants"] and formats.get(b.split("-")[0]) not in config.formats
+    }
+    return {**report["variants"], **kept}
 
 
 def torchscript_export(model: Any, tokenizer: Any, path: Path, opset: int) -> tuple[str, ...]:
@@ -273,99 +510,6 @@ def set_metadata(path: Path, metadata: dict[str, str]) -> None:
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, metadata)
     onnx.save(model, str(path))
-
-
-def parity_report(model: Any, tokenizer: Any, variants: dict[str, Path], config: ExportConfig) -> dict:
-    """Largest logit differences to PyTorch fp32 and EM/F1 on the dev windows, per variant."""
-    import dataclasses
-
-    from tinyroberta_es.backends import torch_runner
-    from tinyroberta_es.data.loading import load_dataset
-    from tinyroberta_es.evaluation import evaluate_predictions
-    from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
-
-    dev = load_dataset(config.dev, bad_spans="keep")
-    dev = dataclasses.replace(dev, examples=dev.examples[: config.dev_limit])
-    if not dev.examples:
-        raise UserError(f"--dev {config.dev} has no questions for the parity check: pick another dataset")
-    inference = InferenceConfig(
-        max_length=config.max_length,
-        doc_stride=config.doc_stride,
-        null_threshold=0.0 if dev.is_v2 else None,
-    )
-    reference = QuestionAnswerer(torch_runner(model), tokenizer, inference)
-    features = reference.features(dev.examples)
-    valid = np.arange(features.lengths.max())[None, :] < features.lengths[:, None]  # (N, L)
-    ref_start, ref_end = reference.logits(features)
-    runners = {"pytorch": reference.runner}
-    for backend, path in variants.items():
-        runners[backend] = onnx_runner(path, name=backend, dtype="int8" if "int8" in backend else "float32")
-    report: dict[str, Any] = {
-        "dev": config.dev,
-        "questions": len(dev.examples),
-        "windows": len(features),
-        "max_length": config.max_length,
-        "doc_stride": config.doc_stride,
-        "normalization": "mlqa-es",
-        "max_f1_drop": config.max_f1_drop,
-        "variants": {},
-    }
-    reference_answers: dict[str, str] = {}
-    for backend, runner in runners.items():
-        answerer = QuestionAnswerer(runner, tokenizer, inference)
-        start, end = (ref_start, ref_end) if backend == "pytorch" else answerer.logits(features)
-        answers = {p.id: p.text for p in answerer.extract(dev.examples, features, start, end)}
-        scores = evaluate_predictions(dev, answers, normalization="mlqa-es")
-        row: dict[str, Any] = {
-            "exact_match": float(scores.get("exact_match", scores.get("exact"))),
-            "f1": float(scores["f1"]),
-        }
-        if backend == "pytorch":
-            reference_answers = answers
-        else:
-            source = report["variants"]["pytorch"]
-            row |= {
-                "max_abs_diff_start": float(np.abs(start[valid] - ref_start[valid]).max()),
-                "max_abs_diff_end": float(np.abs(end[valid] - ref_end[valid]).max()),
-                "f1_drop": source["f1"] - row["f1"],
-                "same_answers": sum(answers[q] == reference_answers[q] for q in answers) / len(answers),
-            }
-        report["variants"][backend] = row
-    return report
-
-
-def over_budget(report: dict[str, Any], max_f1_drop: float) -> list[str]:
-    """The ONNX variants of a parity report that lose more than `max_f1_drop` F1 points."""
-    return [b for b, row in report["variants"].items() if row.get("f1_drop", 0.0) > max_f1_drop]
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The parity report as a short aligned table."""
-    header = ["backend", "file", "max|d start|", "max|d end|", "EM", "F1", "F1 drop", "same answers"]
-    rows = [header]
-    for backend, r in report["variants"].items():
-        diffs = [f"{r[k]:.2e}" if k in r else "-" for k in ("max_abs_diff_start", "max_abs_diff_end")]
-        rows.append(
-            [
-                backend,
-                r.get("file") or "(source)",
-                *diffs,
-                f"{r['exact_match']:.2f}",
-                f"{r['f1']:.2f}",
-                f"{r['f1_drop']:+.2f}" if "f1_drop" in r else "-",
-                f"{100 * r['same_answers']:.1f}%" if "same_answers" in r else "-",
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:  # names left-aligned, numbers right-aligned
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
-
-    title = f"parity on {report['dev']}: {report['questions']} questions, {report['windows']} windows"
-    ops = report.get("fused_ops")
-    graph = "fused: " + ", ".join(f"{n} {op}" for op, n in ops.items()) if ops else "not fused"
-    return "\n".join([title, *map(line, rows), f"graph {graph}"])
 
 
 def publish(src: Path, dst: Path) -> None:

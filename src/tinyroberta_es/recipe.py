@@ -17,7 +17,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinyroberta_es.backends import BACKENDS
 from tinyroberta_es.config import (
     DistillConfig,
     FinetuneConfig,
@@ -26,6 +25,7 @@ from tinyroberta_es.config import (
     from_dict,
 )
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.runtimes import BACKENDS
 
 
 @dataclass

@@ -276,7 +276,7 @@ def build_encoder(recipe: Recipe) -> dict[str, Any]:
 
 def prepare_teacher(recipe: Recipe, folder: str) -> dict[str, Any]:
     """Fine-tune the teacher, or check the given one answers questions (saving a Hub teacher locally)."""
-    from tinyroberta_es.inference import load_qa_model
+    from tinyroberta_es.model_folder import load_qa_model
 
     if recipe.finetune is not None:
         from tinyroberta_es.commands.finetune import finetune
@@ -479,7 +479,7 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
 
 def _mtime(folder: str, backend: str) -> float | None:
     """When the weights a backend reads were written: a newer model makes an old evaluation stale."""
-    from tinyroberta_es.backends import onnx_path
+    from tinyroberta_es.runtimes import onnx_path
 
     if backend.startswith("onnx"):
         weights = [Path(onnx_path(folder, backend))]

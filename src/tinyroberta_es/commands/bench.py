@@ -26,8 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default="pytorch",
-        help="comma-separated: pytorch, pytorch-bf16, pytorch-bf16-compiled, onnx, onnx-int8 "
-        "(default: pytorch)",
+        help="comma-separated: pytorch, pytorch-bf16, pytorch-bf16-compiled, onnx, onnx-int8, openvino, "
+        "openvino-bf16, openvino-int8, openvino-int8-bf16, or auto (the fastest that passed the export's "
+        "parity check; default: pytorch)",
     )
     parser.add_argument(
         "--dataset", default="sample", help="xquad_es, sample or a SQuAD file (default sample)"
@@ -98,11 +99,14 @@ def read_scores(path: str) -> dict[str, float]:
 def write_report(report: dict[str, Any], out_dir: Path, scores: dict[str, float] | None = None) -> list[Path]:
     """Write `bench.json`, `bench.md` and `bench.png` into `out_dir`; return their paths."""
     from tinyroberta_es import atomic
+    from tinyroberta_es.bench import labelled_speedups
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if scores:
         for row in report["rows"]:
             row["f1"] = score_of(row, scores)
+    # Again, from the rows as they are now: a caller may have renamed the models (the `run` command does).
+    report["speedups"] = labelled_speedups(report["rows"], report["config"]["models"][0])
     paths = [out_dir / "bench.json", out_dir / "bench.md", out_dir / "bench.png"]
     atomic.write_json(paths[0], report)
     atomic.write_text(paths[1], markdown(report) + "\n")
@@ -119,51 +123,118 @@ def score_of(row: dict[str, Any], scores: dict[str, float]) -> float | None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The rows as a markdown table, then the peaks, then how it was measured."""
-    cfg, machine = report["config"], report["machine"]
+    """The headline speedup, the labelled speedup tables, the rows, the peaks, then how it was measured."""
+    cfg, machine, rows = report["config"], report["machine"], report["rows"]
     seq, batch = cfg["seq_len"], cfg["batch_size"]
+    lines = speedup_lines(report["speedups"], seq, batch)
     header = [
-        "model", "backend", "dtype", "threads", "params", "MB", "e2e b1 p50 / p90 / p99 ms",
-        f"{seq} tok b1 p50 ms", f"questions/s @{batch}", f"seq/s @{batch}", "GFLOP/s b1", "% of peak",
-        f"speedup b1 {seq} tok", "speedup e2e",
+        "model", "backend", "dtype", "matmuls linear / attention", "threads", "params", "MB",
+        "e2e b1 p50 / p90 / p99 ms", f"{seq} tok b1 p50 / p99 ms", f"questions/s @{batch}",
+        f"seq/s @{batch}", "GFLOP/s b1", "% of peak b1", f"% of peak @{batch}",
     ]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
-    for r in report["rows"]:
-        e2e, s = r["latency_b1"], r["speedup_vs_first"]
-        fraction = f"{100 * r['fraction_of_peak']:.0f}% {r['peak']}" if r["fraction_of_peak"] else "-"
+    lines += ["", "Measurements:", "", "| " + " | ".join(header) + " |", "|---|---|---|---|" + "---:|" * 10]
+    for r in rows:
+        e2e, fixed, dtypes = r["latency_b1"], r["fixed_b1"], r.get("matmul_dtypes") or {}
+        backend = f"{r['backend']} (auto)" if "auto" in r else r["backend"]
         lines.append(
-            f"| {r['model']} | {r['backend']} | {r['dtype']} | {r['threads']} | {_millions(r['params'])}M "
-            f"| {_millions(r['weights_bytes'], 0)} | {e2e['p50']:.1f} / {e2e['p90']:.1f} / {e2e['p99']:.1f} "
-            f"| {r['fixed_ms_b1']:.1f} | {r['throughput']:.1f} | {r['sequences_per_s']:.2f} "
-            f"| {r['gflops_b1']:.0f} | {fraction} | {s['fixed_b1']:.1f}x | {s['latency_b1']:.1f}x |"
+            f"| {r['model']} | {backend} | {r['dtype']} "
+            f"| {dtypes.get('linear', '?')} / {dtypes.get('attention', '?')} | {r['threads']} "
+            f"| {_millions(r['params'])}M | {_millions(r['weights_bytes'], 0)} "
+            f"| {_ms(e2e['p50'])} / {_ms(e2e['p90'])} / {_ms(e2e['p99'])} "
+            f"| {_ms(fixed['p50'])} / {_ms(fixed['p99'])} "
+            f"| {r['throughput']:.1f} | {r['sequences_per_s']:.2f} | {r['gflops_b1']:.0f} "
+            f"| {_percent(r['fraction_of_peak'])} | {_percent(r['fraction_of_peak_batch'])} |"
         )
+    notes = [
+        f"- {r['model']} on {r['backend']}: {r['fraction_of_peak_note']}"
+        for r in rows
+        if r["fraction_of_peak_note"]
+    ]
+    if notes:
+        lines += ["", "No fraction of peak:", *notes]
+    chosen = [f"- {r['model']}: {r['backend']}, {r['auto']['reason']}" for r in rows if "auto" in r]
+    if chosen:
+        lines += ["", "Chosen by auto:", *chosen]
     if report["skipped"]:
         lines += [
             "",
             "Skipped:",
             *(f"- {s['model']} on {s['backend']}: {s['reason']}" for s in report["skipped"]),
         ]
-    lines += ["", "| peak | op | dtype | GFLOP/s | best (M, N, K) | every M x N x K: GFLOP/s |"]
-    lines.append("|---|---|---|---:|---|---|")
-    for key, p in report["peaks"].items():
-        shapes = ", ".join(f"{shape}: {rate:.0f}" for shape, rate in p.get("by_shape", {}).items())
-        lines.append(f"| {key} | {p['op']} | {p['dtype']} | {p['gflops']:.0f} | {p['shape']} | {shapes} |")
-    base = report["baseline"]
     lines += [
         "",
-        f"Speedups are against {base['model']} on {base['backend']}. End to end (e2e): one question at a "
-        f"time through `QuestionAnswerer.predict` (tokenise, model, extract), "
-        f"{report['rows'][0]['questions']} questions of {cfg['dataset']}, windows of at most {seq} tokens. "
-        f"Fixed length: the model call alone on one {seq}-token window. Throughput: batches of {batch}. "
-        f"Fraction of peak: analytic matmul FLOPs per {seq}-token sequence / fixed-length b1 latency, over "
-        "the best matmul rate of the same engine and dtype measured in this run.",
+        "| peak | op | device | GFLOP/s | best (M, N, K) | every M x N x K: GFLOP/s | int8 verified |",
+    ]
+    lines.append("|---|---|---|---:|---|---|---|")
+    for key, p in report["peaks"].items():
+        shapes = ", ".join(f"{shape}: {rate:.0f}" for shape, rate in p.get("by_shape", {}).items())
+        verified = {True: "yes", False: "no"}.get(p.get("verified_int8"), "")
+        cells = [key, p["op"], p["device"], f"{p['gflops']:.0f}", str(p["shape"]), shapes, verified]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"End to end (e2e): one question at a time through `QuestionAnswerer.predict` (tokenise, model, "
+        f"extract), cycling through {rows[0]['questions']} questions of {cfg['dataset']} for at least "
+        f"{cfg['min_samples']} timed calls, windows of at most {seq} tokens; questions/s: every question "
+        f"at once in batches of {batch}, after one untimed pass. Fixed length: the model call alone on one "
+        f"{seq}-token window (seq/s: {batch} of them). Medians; a p99 needs 100 samples, else '-'. "
+        f"Peaks: torch.matmul, ONNX Runtime and OpenVINO one-MatMul graphs at the models' own shapes "
+        f"(T, H, H), (T, F, H), (T, H, F) for T = {seq}, median of timed calls after warm-up, best shape. "
+        f"Fraction of peak: the time the row's matmul FLOPs would take at the peak of its engine in the "
+        "dtype each group runs in (linear: projections, FFN, QA head; attention: scores and context), "
+        "over the measured median.",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads), onnxruntime {machine.get('onnxruntime', '-')}; load average "
-        f"{machine['load_average_before']} before, {machine.get('load_average_after')} after.",
+        f"({machine['torch_threads']} threads), onnxruntime {machine.get('onnxruntime', '-')}, openvino "
+        f"{machine.get('openvino', '-')}; load average {machine['load_average_before']} before, "
+        f"{machine.get('load_average_after')} after.",
     ]
     if report.get("command"):
         lines += ["", f"Reproduce: `{report['command']}`"]
     return "\n".join(lines)
+
+
+def speedup_lines(speedups: dict[str, Any], seq: int, batch: int) -> list[str]:
+    """The headline (best against best), then like-for-like, against-eager-fp32 and best-vs-best tables."""
+    base = speedups["baseline_model"] or "the first model"
+    head = speedups["headline"]
+    if head:
+        lines = [
+            f"Headline (best against best): {head['model']} on {head['backend']} is {head['fixed_b1']:.1f}x "
+            f"faster than {head['baseline_model']} on {head['baseline_backend']} (one {seq}-token window, "
+            f"batch 1, median; end to end {head['latency_b1']:.1f}x at batch 1, {head['throughput']:.1f}x in "
+            f"questions/s @{batch})."
+        ]
+    else:
+        why = f"only {base} was measured" if speedups["baseline_model"] else f"{base} was not measured"
+        lines = [f"Headline (best against best): none, {why}."]
+    columns = f"| model | backend | against | {seq} tok b1 | e2e b1 | questions/s @{batch} |"
+    tables = [
+        ("like_for_like", f"Like for like: each row against {base} on the same backend:"),
+        ("vs_baseline_eager_fp32", f"Against {base} in eager fp32 (backend pytorch):"),
+        ("best_vs_best", f"Best against best: each model's fastest backend against {base}'s fastest:"),
+    ]
+    for key, title in tables:
+        entries = speedups[key]
+        lines += ["", title]
+        if not entries:
+            lines.append(f"(none: {base} was not measured on the backend this needs)")
+            continue
+        lines += ["", columns, "|---|---|---|---:|---:|---:|"]
+        lines += [
+            f"| {e['model']} | {e['backend']}{' (auto)' if e.get('auto') else ''} "
+            f"| {e['baseline_model']} on {e['baseline_backend']} "
+            f"| {e['fixed_b1']:.1f}x | {e['latency_b1']:.1f}x | {e['throughput']:.1f}x |"
+            for e in entries
+        ]
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
 
 
 def _millions(n: int | None, digits: int = 1) -> str:

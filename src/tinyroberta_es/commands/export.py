@@ -1,11 +1,13 @@
-"""`tinyroberta-es export`: a QA model in ONNX (fused fp32, optionally int8), checked against PyTorch."""
+"""`tinyroberta-es export`: a QA model in ONNX and/or OpenVINO IR (fp32, int8), checked against PyTorch."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-HELP = "export a QA model to ONNX (fused fp32, optionally int8) and check it against PyTorch on a dev set"
+HELP = (
+    "export a QA model to ONNX and/or OpenVINO (fp32, optionally int8), checked against PyTorch on a dev set"
+)
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +20,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for the ONNX files (default MODEL/onnx; elsewhere, the tokenizer is copied there too)",
     )
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        help="onnx, openvino, or onnx,openvino (default onnx); the IR goes beside the ONNX files",
+    )
     parser.add_argument("--quantize", default=None, metavar="int8", help="also write an int8 model")
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="dataset of the OpenVINO int8 calibration windows (default: --dev, unchecked questions)",
+    )
+    parser.add_argument("--calibration-size", type=int, default=128, help="calibration windows (default 128)")
+    parser.add_argument(
+        "--int8-method",
+        default="auto",
+        help="OpenVINO int8: plain (NNCF), accuracy-aware, or auto: the second when plain misses the budget",
+    )
     parser.add_argument(
         "--per-channel",
         action="store_true",
@@ -39,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Export, fuse, quantise, check parity; print the parity table."""
-    from tinyroberta_es.onnx_export import ExportConfig, export_model, format_report
+    from tinyroberta_es.onnx_export import ExportConfig, export_model
+    from tinyroberta_es.parity import format_report
 
     config = ExportConfig(
         model=args.model,
@@ -52,6 +71,10 @@ def run(args: argparse.Namespace) -> None:
         max_length=args.max_length,
         doc_stride=args.doc_stride,
         max_f1_drop=args.max_f1_drop,
+        formats=tuple(f.strip() for f in args.format.split(",") if f.strip()),
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+        int8_method=args.int8_method,
     )
     report = export_model(config)
     print(format_report(report))

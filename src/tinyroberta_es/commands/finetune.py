@@ -127,7 +127,7 @@ def load_encoder(source: str, max_length: int) -> tuple[Any, Any]:
     from transformers import AutoModelForQuestionAnswering
 
     from tinyroberta_es.errors import UserError
-    from tinyroberta_es.inference import first_line, load_fast_tokenizer, max_tokens, model_source
+    from tinyroberta_es.model_folder import first_line, load_fast_tokenizer, max_tokens, model_source
 
     source = model_source(source)
     tokenizer = load_fast_tokenizer(source)

@@ -33,7 +33,7 @@ def distill(config: DistillConfig) -> dict:
     from tinyroberta_es.distill.module import DistillModule
     from tinyroberta_es.distill.student import build_student, count_parameters
     from tinyroberta_es.distributed import init_distributed
-    from tinyroberta_es.inference import load_qa_model
+    from tinyroberta_es.model_folder import load_qa_model
     from tinyroberta_es.train import check_config, freeze, read_train_state, resolve_device, train
     from tinyroberta_es.training_data import dev_evaluator, load_training_examples, training_features
 
