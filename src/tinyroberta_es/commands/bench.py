@@ -99,7 +99,7 @@ def read_scores(path: str) -> dict[str, float]:
 def write_report(report: dict[str, Any], out_dir: Path, scores: dict[str, float] | None = None) -> list[Path]:
     """Write `bench.json`, `bench.md` and `bench.png` into `out_dir`; return their paths."""
     from tinyroberta_es import atomic
-    from tinyroberta_es.bench import labelled_speedups
+    from tinyroberta_es.speedups import labelled_speedups
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if scores:
