@@ -1,11 +1,14 @@
-"""Runtime backends against PyTorch fp32: ONNX fp32 to 1e-4, int8 and bf16 within loose bounds.
+"""Runtime backends against PyTorch fp32: ONNX and OpenVINO fp32 to 1e-4, int8 and bf16 within loose bounds.
 
 Tiny random models of each tokenizer family (byte-level BPE/RoBERTa, WordPiece/BERT with token types,
-Unigram/XLM-R), exported once per module with the library API; windows of the embedded sample dataset.
+Unigram/XLM-R), exported once per module with the library API (ONNX and OpenVINO IR, fp32 and int8);
+windows of the embedded sample dataset. The OpenVINO tests are skipped where openvino or nncf is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -18,12 +21,16 @@ from tinyroberta_es.errors import UserError
 from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 from tinyroberta_es.model_folder import load_qa_model
 from tinyroberta_es.onnx_export import ExportConfig, export_model
-from tinyroberta_es.runtimes import BACKENDS, make_runner, onnx_path
+from tinyroberta_es.runtimes import CHOICES, ir_path, make_runner, onnx_path
 from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
 
 pytest.importorskip("onnxruntime")
 
 WINDOWS = InferenceConfig(max_length=96, doc_stride=32)
+HAS_OPENVINO = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
+needs_openvino = pytest.mark.skipif(
+    not HAS_OPENVINO, reason="openvino or nncf is not installed: pip install 'tinyroberta-es[openvino]'"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +40,8 @@ def sample():
 
 @pytest.fixture(scope="module", params=["bpe", "wordpiece", "unigram"])
 def exported(request, tmp_path_factory, sample) -> Path:
-    """A tiny QA model folder with `onnx/model.onnx` and `onnx/model.int8.onnx` beside it."""
+    """A tiny QA model folder with ONNX (`model.onnx`, `model.int8.onnx`) and OpenVINO IR (`model.xml`,
+    `model.int8.xml`, where openvino and nncf are installed) in `onnx/`."""
     root = tmp_path_factory.mktemp(f"backend-{request.param}")
     texts = [ex.context for ex in sample.examples] + [ex.question for ex in sample.examples]
     tokenizer_dir = train_tokenizer(request.param, texts, root / "tokenizer", vocab_size=1000)
@@ -45,8 +53,11 @@ def exported(request, tmp_path_factory, sample) -> Path:
             dev_limit=10,
             max_length=96,
             doc_stride=32,
-            max_f1_drop=100.0,
-        )  # random weights: F1 is noise
+            max_f1_drop=100.0,  # random weights: F1 is noise
+            formats=("onnx", "openvino") if HAS_OPENVINO else ("onnx",),
+            calibration_size=16,  # NNCF int8, calibrated on windows of the questions after the first 10
+            int8_method="plain",
+        )
     )
     return model_dir
 
@@ -64,28 +75,37 @@ def logits_with(model_dir: Path, backend: str, features, batch_size: int) -> tup
     return QuestionAnswerer.from_pretrained(model_dir, config, device="cpu").logits(features)
 
 
+@pytest.mark.parametrize("backend", ["onnx", pytest.param("openvino", marks=needs_openvino)])
 @pytest.mark.parametrize("batch_size", [1, 5, 33])
-def test_onnx_fp32_matches_pytorch(exported, features, batch_size):
+def test_fp32_exports_match_pytorch(exported, features, backend, batch_size):
     """Batch and sequence axes are dynamic: every batch size and padded length gives PyTorch's logits."""
     start, end = logits_with(exported, "pytorch", features, batch_size)
-    onnx_start, onnx_end = logits_with(exported, "onnx", features, batch_size)
-    np.testing.assert_allclose(onnx_start, start, atol=1e-4)  # -inf past each window's end on both sides
-    np.testing.assert_allclose(onnx_end, end, atol=1e-4)
+    exported_start, exported_end = logits_with(exported, backend, features, batch_size)
+    np.testing.assert_allclose(exported_start, start, atol=1e-4)  # -inf past each window's end on both
+    np.testing.assert_allclose(exported_end, end, atol=1e-4)
 
 
-def test_int8_is_close_and_answers_mostly_the_same(exported, features, sample):
-    config = InferenceConfig(max_length=96, doc_stride=32, backend="onnx-int8")
+@pytest.mark.parametrize("backend", ["onnx-int8", pytest.param("openvino-int8", marks=needs_openvino)])
+def test_int8_is_close_and_answers_mostly_the_same(exported, features, sample, backend, record_property):
+    config = InferenceConfig(max_length=96, doc_stride=32, backend=backend)
     int8 = QuestionAnswerer.from_pretrained(exported, config, device="cpu")
     fp32 = QuestionAnswerer.from_pretrained(exported, WINDOWS, device="cpu")
     start, end = fp32.logits(features)
     q_start, q_end = int8.logits(features)
     valid = np.isfinite(start)
+    assert np.array_equal(np.isfinite(q_start), valid)
     scale = np.abs(start[valid]).max()
-    assert np.abs(q_start[valid] - start[valid]).max() < 0.25 * scale
+    assert 0 < np.abs(q_start[valid] - start[valid]).max() < 0.25 * scale  # quantised, and not far off
     assert np.abs(q_end[valid] - end[valid]).max() < 0.25 * scale
     examples = sample.examples[:40]
-    same = [a.text == b.text for a, b in zip(fp32.predict(examples), int8.predict(examples), strict=True)]
-    assert np.mean(same) >= 0.6  # random weights give flat logits, so int8 noise flips some argmaxes
+    same = np.mean(
+        [a.text == b.text for a, b in zip(fp32.predict(examples), int8.predict(examples), strict=True)]
+    )
+    record_property(f"{backend}_same_answers", float(same))  # in the JUnit XML of CI
+    assert same >= 0.6  # random weights give flat logits, so int8 noise flips some argmaxes
+    # The export's parity check reports the same measure, on its own 10 questions (too few for a bound).
+    row = json.loads((exported / "onnx" / "parity.json").read_text(encoding="utf-8"))["variants"][backend]
+    assert 0 <= row["same_answers"] <= 1 and row["passed"] is True
 
 
 def test_pytorch_bf16_is_close_to_fp32(exported, features):
@@ -115,6 +135,53 @@ def test_runner_attributes(exported):
     assert answerer.weights_bytes == onnx_path(exported, "onnx").stat().st_size
 
 
+@needs_openvino
+def test_openvino_runners_report_what_they_run(exported):
+    """Params from the IR, weights_bytes of graph and weights, and the dtype each group of matmuls runs in."""
+    module, _ = load_qa_model(exported)
+    params = sum(p.numel() for p in module.parameters())
+    for backend in ("openvino", "openvino-int8"):
+        runner = make_runner(exported, backend)
+        xml = ir_path(exported, backend)
+        assert (runner.name, runner.device, runner.params) == (backend, "cpu", params)
+        assert runner.weights_bytes == xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    fp32, int8 = make_runner(exported, "openvino"), make_runner(exported, "openvino-int8")
+    assert fp32.dtype == "float32"  # fp32 asked for explicitly: the CPU plugin would pick bf16 on its own
+    assert fp32.matmul_dtypes == {"linear": "float32", "attention": "float32"}
+    assert int8.dtype == "int8" and int8.matmul_dtypes["linear"] == "int8"
+    assert int8.weights_bytes < 0.7 * fp32.weights_bytes
+
+
+def test_matmul_dtypes_of_the_onnx_and_pytorch_backends(exported):
+    expected = {
+        "pytorch": {"linear": "float32", "attention": "float32"},
+        "pytorch-bf16": {"linear": "bfloat16", "attention": "bfloat16"},
+        "onnx": {"linear": "float32", "attention": "float32"},
+        "onnx-int8": {"linear": "int8", "attention": "float32"},  # dynamic int8 leaves attention in fp32
+    }
+    assert {b: make_runner(exported, b).matmul_dtypes for b in expected} == expected
+
+
+@needs_openvino
+def test_openvino_bf16_runs_in_bf16_or_refuses_in_one_line_without_it(exported, features, monkeypatch):
+    from tinyroberta_es.runtimes import has_bf16, ov
+
+    if has_bf16():
+        start, _ = logits_with(exported, "openvino", features, 8)
+        b_start, _ = logits_with(exported, "openvino-bf16", features, 8)
+        valid = np.isfinite(start)
+        np.testing.assert_allclose(b_start[valid], start[valid], atol=0.05)
+        bf16 = make_runner(exported, "openvino-bf16")
+        assert bf16.dtype == "bfloat16" and bf16.matmul_dtypes["linear"] == "bfloat16"
+    monkeypatch.setattr(ov, "has_bf16", lambda: False)  # as on a CPU without AVX-512-BF16 or AMX
+    for backend, fallback in (("openvino-bf16", "openvino"), ("openvino-int8-bf16", "openvino-int8")):
+        with pytest.raises(UserError) as caught:
+            make_runner(exported, backend)
+        message = str(caught.value)
+        assert "\n" not in message and "needs a CPU with bf16" in message
+        assert message.endswith(f"use --backend {fallback}")
+
+
 def test_threads(exported):
     before = torch.get_num_threads()
     try:
@@ -138,7 +205,7 @@ def test_a_module_in_memory_runs_as_the_pytorch_backend(exported, features):
 
 
 def test_unknown_backend(exported):
-    with pytest.raises(UserError, match="unknown backend 'onnxx': choose one of " + ", ".join(BACKENDS)):
+    with pytest.raises(UserError, match="unknown backend 'onnxx': choose one of " + ", ".join(CHOICES)):
         make_runner(exported, "onnxx")
     with pytest.raises(UserError, match="unknown backend"):
         QuestionAnswerer.from_pretrained(exported, InferenceConfig(backend="torch"))
@@ -152,6 +219,8 @@ def test_missing_export(tmp_path, exported):
         make_runner(bare, "onnx-int8")
     with pytest.raises(UserError, match=r"run tinyroberta-es export --model \S+ first"):
         make_runner(bare, "onnx")
+    with pytest.raises(UserError, match=r"no OpenVINO export .* --format openvino --quantize int8 first"):
+        make_runner(bare, "openvino-int8-bf16")
 
 
 def test_missing_onnxruntime(exported, monkeypatch):

@@ -1,8 +1,13 @@
-"""`tinyroberta-es export` end to end, and the commands that run its files (predict, answer, evaluate)."""
+"""`tinyroberta-es export` end to end, and the commands that run its files (predict, answer, evaluate).
+
+ONNX always; OpenVINO IR (`--format openvino`, NNCF int8) where openvino and nncf are installed.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -12,9 +17,15 @@ from cli_helpers import assert_one_line_error, run_cli
 from tinyroberta_es import parity
 from tinyroberta_es.cli import main
 from tinyroberta_es.data.loading import load_dataset
+from tinyroberta_es.data.sources import resolve_source
 from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
 
 pytest.importorskip("onnxruntime")
+
+needs_openvino = pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ("openvino", "nncf")),
+    reason="openvino or nncf is not installed: pip install 'tinyroberta-es[openvino]'",
+)
 
 CONTEXT = (
     "Gabriel García Márquez nació en Aracataca, Colombia, en 1927. En 1982 recibió el Premio Nobel "
@@ -231,6 +242,180 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
         capsys, "export", "--model", str(tmp_path), "--quantize", "int4", "--max-f1-drop", "-1"
     )
     assert_one_line_error(status, err, "--quantize 'int4'", "--max-f1-drop -1.0")
+    flags = ("--format", "tflite", "--int8-method", "x", "--calibration-size", "0")
+    status, _, err = run_cli(capsys, "export", "--model", str(tmp_path), *flags)
+    assert_one_line_error(
+        status,
+        err,
+        "--format 'tflite': choose onnx, openvino or onnx,openvino",
+        "--int8-method 'x': choose auto, plain, accuracy-aware",
+        "--calibration-size 0 must be a positive integer",
+    )
+    assert not (tmp_path / "onnx").exists()  # checked before anything is written
+
+
+# --- OpenVINO IR: fp32 and NNCF int8 -----------------------------------------------------------------------
+
+OV_FLAGS = ("--quantize", "int8", "--calibration-size", "16", *WINDOW_FLAGS)
+
+
+def ov_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} - {"parity.json", "export.json"}
+
+
+@pytest.fixture(scope="module")
+def ov_exported(tmp_path_factory, sample) -> Path:
+    """A model folder after `export --format onnx,openvino --quantize int8` with 10 parity questions."""
+    model_dir = tiny_model(tmp_path_factory.mktemp("export-openvino"), "wordpiece", sample)
+    argv = ["export", "--model", str(model_dir), "--format", "onnx,openvino", "--dev-limit", "10"]
+    assert main([*argv, *OV_FLAGS, "--max-f1-drop", "100", "--int8-method", "plain"]) == 0
+    return model_dir
+
+
+@needs_openvino
+def test_openvino_export_writes_the_ir_beside_the_onnx_files_and_checks_every_backend(ov_exported, capsys):
+    from tinyroberta_es.runtimes import has_bf16
+
+    capsys.readouterr()
+    out = ov_exported / "onnx"
+    onnx = {"model.onnx", "model.int8.onnx"}
+    assert ov_files(out) == onnx | {"model.xml", "model.bin", "model.int8.xml", "model.int8.bin"}
+    report = json.loads((out / "parity.json").read_text(encoding="utf-8"))
+    bf16 = has_bf16()  # the bf16 runs are checked only where the CPU has bf16
+    expected = ["pytorch", "pytorch-bf16", "onnx", "onnx-int8", "openvino"]
+    expected += ["openvino-bf16"] * bf16 + ["openvino-int8"] + ["openvino-int8-bf16"] * bf16
+    assert list(report["variants"]) == expected
+    rows = report["variants"]
+    assert all(row["passed"] is True for row in rows.values())
+    assert max(rows["openvino"]["max_abs_diff_start"], rows["openvino"]["max_abs_diff_end"]) < 1e-4
+    assert rows["openvino"]["file"] == "model.xml" and rows["openvino-int8"]["file"] == "model.int8.xml"
+    assert 0 < rows["openvino-int8"]["max_abs_diff_start"] < 0.5
+    assert 0 <= rows["openvino-int8"]["same_answers"] <= 1
+    if bf16:
+        assert rows["openvino-bf16"]["file"] == "model.xml"
+        assert rows["openvino-int8-bf16"]["file"] == "model.int8.xml"
+    int8 = report["int8"]["openvino-int8"]
+    assert int8["method"].startswith("nncf post-training") and "plain_attempt" not in int8
+    assert int8["calibration_windows"] == 16 and int8["calibration_set"] == "sample"
+    assert int8["calibration_overlaps_parity"] is False  # calibrated on the questions after the first 10
+    settings = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    assert settings["formats"] == ["onnx", "openvino"] and settings["int8_method"] == "plain"
+
+
+@needs_openvino
+def test_predict_runs_the_openvino_int8_export(ov_exported, tmp_path, capsys):
+    preds_path = tmp_path / "preds.json"
+    argv = ["--dataset", "sample", "--output", str(preds_path), "--limit", "8", *WINDOW_FLAGS]
+    status, out, err = run_cli(
+        capsys, "predict", "--model", str(ov_exported), "--backend", "openvino-int8", *argv
+    )
+    assert status == 0, err
+    assert "with openvino-int8" in out
+    assert len(json.loads(preds_path.read_text(encoding="utf-8"))) == 8
+
+
+def small_dev(path: Path) -> Path:
+    """The sample's first article (20 questions) as a SQuAD file."""
+    obj = json.loads(resolve_source("sample").read_text(encoding="utf-8"))
+    path.write_text(json.dumps({"version": obj["version"], "data": obj["data"][:1]}), encoding="utf-8")
+    return path
+
+
+@needs_openvino
+def test_openvino_only_export_calibrating_on_the_parity_questions_says_so(tmp_path, sample, capsys, caplog):
+    model_dir = tiny_model(tmp_path, "bpe", sample)
+    dev = small_dev(tmp_path / "dev.json")  # no --dev-limit: no other questions to calibrate on
+    argv = ["export", "--model", str(model_dir), "--format", "openvino", "--dev", str(dev), *OV_FLAGS]
+    with caplog.at_level(logging.WARNING, logger="tinyroberta_es.onnx_export"):
+        status, out, err = run_cli(capsys, *argv, "--max-f1-drop", "100")
+    assert status == 0, err
+    assert "calibrating on the parity questions" in caplog.text and "--calibration" in caplog.text
+    assert "openvino-int8: nncf" in out and "16 calibration windows" in out  # the printed report
+    folder = model_dir / "onnx"
+    assert ov_files(folder) == {"model.xml", "model.bin", "model.int8.xml", "model.int8.bin"}
+    report = json.loads((folder / "parity.json").read_text(encoding="utf-8"))
+    assert report["questions"] == 20
+    assert {"pytorch", "pytorch-bf16", "openvino", "openvino-int8"} <= set(report["variants"])
+    assert not any(b.startswith("onnx") for b in report["variants"])
+    int8 = report["int8"]["openvino-int8"]
+    assert int8["calibration_overlaps_parity"] is True and int8["calibration_set"] == str(dev)
+
+
+@needs_openvino
+def test_a_rejected_openvino_int8_is_kept_aside_and_a_stale_one_removed(
+    tmp_path, sample, capsys, monkeypatch
+):
+    model_dir = tiny_model(tmp_path, "bpe", sample)
+    folder = model_dir / "onnx"
+    folder.mkdir()
+    for stale in ("model.int8.xml", "model.int8.bin"):  # from an earlier export: must not survive this one
+        (folder / stale).write_bytes(b"old")
+    real = parity.check
+
+    def worse_int8(ref, runner):
+        row = real(ref, runner)
+        return row | {"f1_drop": 2.5} if runner.name == "openvino-int8" else row
+
+    monkeypatch.setattr(parity, "check", worse_int8)
+    argv = ["export", "--model", str(model_dir), "--format", "openvino", "--dev-limit", "5", *OV_FLAGS]
+    status, _, err = run_cli(capsys, *argv, "--int8-method", "plain")
+    assert_one_line_error(status, err, "openvino-int8 loses 2.50 F1", "--max-f1-drop 1.0", "parity.json")
+    assert ov_files(folder) == {
+        "model.xml",
+        "model.bin",
+        "model.int8.rejected.xml",
+        "model.int8.rejected.bin",
+    }
+    report = json.loads((folder / "parity.json").read_text(encoding="utf-8"))
+    assert report["rejected"] == ["openvino-int8"]
+    assert report["variants"]["openvino-int8"]["file"] == "model.int8.rejected.xml"
+    assert report["variants"]["openvino-int8"]["passed"] is False
+    assert report["variants"]["openvino"]["passed"] is True
+    ask = ("--question", "¿Qué?", "--context", CONTEXT)
+    status, _, err = run_cli(capsys, "answer", "--model", str(model_dir), "--backend", "openvino-int8", *ask)
+    assert_one_line_error(status, err, "no OpenVINO export", "--format openvino --quantize int8 first")
+
+
+@needs_openvino
+def test_int8_method_auto_falls_back_to_accuracy_aware_when_plain_misses(
+    tmp_path, sample, capsys, monkeypatch
+):
+    from tinyroberta_es import openvino_export
+
+    model_dir = tiny_model(tmp_path, "bpe", sample)
+    real = parity.check
+    plain_rows = []
+
+    def plain_misses(ref, runner):
+        row = real(ref, runner)
+        if runner.name == "openvino-int8" and not plain_rows:  # the first check of int8: the plain model
+            plain_rows.append(row)
+            return row | {"f1_drop": 60.0}
+        return row
+
+    calls = []
+
+    def accuracy_aware(xml, out, windows, questions, f1_of, *, max_drop, **kwargs):
+        calls.append({"windows": len(windows), "questions": len(questions), "max_drop": max_drop})
+        assert out.is_file()  # the plain int8 model, which this stub leaves in place of a restored one
+        return {"method": "stub accuracy control", "calibration_windows": len(windows)}
+
+    monkeypatch.setattr(parity, "check", plain_misses)
+    monkeypatch.setattr(openvino_export, "quantize_accuracy_aware", accuracy_aware)
+    argv = ["export", "--model", str(model_dir), "--format", "openvino", "--dev-limit", "5", *OV_FLAGS]
+    status, _, err = run_cli(capsys, *argv, "--max-f1-drop", "50")  # --int8-method auto is the default
+    assert status == 0, err
+    assert calls == [
+        {"windows": 16, "questions": 200, "max_drop": 50.0}
+    ]  # the budget, 200 validation questions
+    report = json.loads((model_dir / "onnx" / "parity.json").read_text(encoding="utf-8"))
+    int8 = report["int8"]["openvino-int8"]
+    assert int8["method"] == "stub accuracy control"
+    assert int8["plain_attempt"]["f1_drop"] == 60.0
+    assert int8["plain_attempt"]["method"].startswith("nncf post-training")
+    assert int8["calibration_overlaps_parity"] is False
+    assert report["variants"]["openvino-int8"]["f1_drop"] == plain_rows[0]["f1_drop"]  # checked again after
+    assert report["variants"]["openvino-int8"]["passed"] is True
 
 
 def test_cli_errors_for_backends(exported, tmp_path, capsys, monkeypatch):
@@ -239,8 +424,9 @@ def test_cli_errors_for_backends(exported, tmp_path, capsys, monkeypatch):
     assert_one_line_error(
         status,
         err,
-        "unknown backend 'onnxx'",
-        "pytorch, pytorch-bf16, pytorch-bf16-compiled, onnx, onnx-int8",
+        "--backend 'onnxx' is unknown",
+        "pytorch, pytorch-bf16, pytorch-bf16-compiled, onnx, onnx-int8, openvino, openvino-bf16, "
+        "openvino-int8, openvino-int8-bf16, auto",
     )
     bare = tmp_path / "bare"
     bare.mkdir()

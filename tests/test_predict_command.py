@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
+from tinyroberta_es.cli import main
+from tinyroberta_es.commands.predict import BACKEND_HELP
 from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.data.sources import resolve_source
 from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
+from tinyroberta_es.runtimes import CHOICES
 from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
 
 CONTEXT = (
@@ -210,6 +214,41 @@ def test_bad_numeric_flags_are_errors(model_dir, tmp_path, capsys):
         "0",
     )
     assert_one_line_error(status, err, "--batch-size")
+
+
+# --- --backend: the same choices in every command that runs a model ----------------------------------------
+
+MODEL_COMMANDS = ("predict", "answer", "evaluate", "serve")
+
+
+def test_the_backend_help_names_every_choice(capsys, monkeypatch):
+    assert set(CHOICES) <= set(re.findall(r"[a-z0-9-]+", BACKEND_HELP))
+    assert "tinyroberta-es export --format openvino" in BACKEND_HELP and "parity check" in BACKEND_HELP
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps help at the terminal width, hyphens included
+    for command in MODEL_COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        assert BACKEND_HELP in capsys.readouterr().out, command
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_an_unknown_backend_is_one_line_naming_the_choices_before_any_work(command, tmp_path, capsys):
+    """Checked before the dataset and the model are read: neither exists here, and neither is named."""
+    missing = str(tmp_path / "missing.json")
+    rest = {
+        "predict": ["--dataset", missing, "--output", str(tmp_path / "p.json")],
+        "answer": ["--question", "¿Qué?", "--context", "Algo."],
+        "evaluate": ["--dataset", missing],
+        "serve": [],
+    }[command]
+    argv = [command, "--model", str(tmp_path / "no-model"), *rest, "--backend", "onnxx", "--batch-size", "0"]
+    status, _, err = run_cli(capsys, *argv)
+    choices = ", ".join(CHOICES)
+    assert_one_line_error(
+        status, err, f"--backend 'onnxx' is unknown: choose one of {choices}", "--batch-size 0"
+    )
+    assert "missing.json" not in err and "no-model" not in err
 
 
 # --- unlabeled data: SQuAD without answers, JSON Lines ---------------------------------------------------

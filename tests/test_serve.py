@@ -172,6 +172,22 @@ def test_health_openapi_and_docs(client):
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
+def test_health_reports_the_backend_that_runs_and_how_auto_chose_it(serve, model_dir):
+    bf16 = QuestionAnswerer.from_pretrained(model_dir, InferenceConfig(backend="pytorch-bf16"), "cpu")
+    health = serve(qa=bf16).get("/health").json()
+    assert health["backend"] == "pytorch-bf16" and "backend_requested" not in health
+    # No export in this folder: auto measures PyTorch alone (the others have no files and no parity check).
+    auto = QuestionAnswerer.from_pretrained(model_dir, InferenceConfig(backend="auto", threads=1), "cpu")
+    health = serve(qa=auto).get("/health").json()
+    assert (health["backend"], health["backend_requested"]) == ("pytorch", "auto")
+    selection = health["selection"]
+    assert selection["chosen"] == "pytorch" and selection["reason"].startswith("fastest at 1 x 384 tokens")
+    candidates = {row["backend"]: row for row in selection["candidates"]}
+    assert candidates["pytorch"]["ms"] > 0 and candidates["pytorch"]["parity"] == "the reference"
+    assert candidates["onnx"]["skipped"] == "no export" and "ms" not in candidates["onnx"]
+    assert "ms" not in candidates["pytorch-bf16"]  # it needs a passed parity check too
+
+
 def test_page_is_the_spanish_ui_with_a_strict_content_security_policy(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -346,7 +362,7 @@ class FlakyAnswerer:
     """A real answerer that raises on a batch holding a question with 💥, and loses an answer for 🙃."""
 
     def __init__(self, answerer: QuestionAnswerer) -> None:
-        self.answerer, self.config = answerer, answerer.config
+        self.answerer, self.config, self.runner = answerer, answerer.config, answerer.runner
 
     def predict(self, examples, top_k=1):
         if any("💥" in ex.question for ex in examples):
@@ -373,7 +389,7 @@ class SlowAnswerer:
     """A real answerer that takes a quarter of a second per model call: requests pile up behind it."""
 
     def __init__(self, answerer: QuestionAnswerer) -> None:
-        self.answerer, self.config = answerer, answerer.config
+        self.answerer, self.config, self.runner = answerer, answerer.config, answerer.runner
 
     def predict(self, examples, top_k=1):
         time.sleep(0.25)
@@ -408,7 +424,8 @@ def test_over_the_queue_limit_requests_get_503_with_retry_after_and_the_rest_are
 def test_serve_command_serves_the_api_and_the_page_then_stops_cleanly(model_dir, tmp_path):
     with ServerProcess(["--model", str(model_dir), "--max-batch", "4"], tmp_path / "serve.log") as server:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            assert client.get("/health").json()["limits"]["max_context_chars"] == 20_000
+            health = client.get("/health").json()
+            assert health["limits"]["max_context_chars"] == 20_000 and health["backend"] == "pytorch"
             response = client.post(
                 "/v1/answer", json={"question": "¿Cuándo?", "context": CONTEXT, "top_k": 2}
             )
@@ -428,7 +445,8 @@ def test_serve_command_serves_the_api_and_the_page_then_stops_cleanly(model_dir,
         (["--batch-wait-ms", "-1", "--max-body-bytes", "10"], ["--batch-wait-ms -1", "--max-body-bytes 10"]),
         (["--port", "70000"], ["--port 70000"]),
         (["--max-queue", "0"], ["--max-queue 0"]),
-        (["--backend", "tensorrt"], ["tensorrt"]),
+        (["--backend", "tensorrt"], ["--backend 'tensorrt' is unknown", "openvino-int8-bf16, auto"]),
+        (["--backend", "x", "--port", "-1"], ["--port -1", "--backend 'x'"]),
     ],
 )
 def test_serve_command_rejects_bad_flags_with_one_line(model_dir, capsys, flags, needle):

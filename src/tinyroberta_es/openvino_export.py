@@ -7,8 +7,8 @@ The steps, in the order `export --format openvino` runs them:
    stay fp32 in the file (`compress_to_fp16=False`); bf16 is a run-time choice (`runtimes.ov`).
 2. Quantise to int8 with NNCF's post-training quantisation: the transformer model type (SmoothQuant on the
    matmul inputs, softmax and layer norms left in floating point), the mixed preset (symmetric weights,
-   asymmetric activations), fast bias correction, calibrated on `calibration_size` real windows (one
-   question each, unpadded) of the calibration set.
+   asymmetric activations), fast bias correction, calibrated on real windows of the calibration set (the
+   first window of each of `calibration_size` questions, unpadded).
 3. When that int8 model loses more F1 than the budget, `accuracy_aware` quantises again with NNCF's
    accuracy control: it ranks the quantised layers by how much they cost F1 on the validation questions and
    returns them to floating point, a few at a time, until the drop is within `max_drop`.

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tinyroberta_es.commands.predict import add_inference_arguments, answerer_from_args
+from tinyroberta_es.commands.predict import add_inference_arguments, answerer_from_args, check_inference_flags
 
 HELP = "answer one question about one context with a QA model folder"
 
@@ -27,8 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from tinyroberta_es.errors import UserError
 
-    if args.top_k < 1:
-        raise UserError(f"--top-k {args.top_k} must be a positive integer")
+    problems = [f"--top-k {args.top_k} must be a positive integer"] if args.top_k < 1 else []
+    check_inference_flags(args, *problems)  # before the model loads: a --backend typo fails at once
     context = args.context
     if args.context_file is not None:
         path = Path(args.context_file)

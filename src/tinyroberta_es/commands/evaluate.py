@@ -11,7 +11,12 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from tinyroberta_es.commands.predict import add_inference_arguments, predict_examples
+from tinyroberta_es.commands.predict import (
+    add_inference_arguments,
+    backend_record,
+    check_inference_flags,
+    predict_examples,
+)
 
 if TYPE_CHECKING:
     from tinyroberta_es.data.schema import QADataset
@@ -180,13 +185,16 @@ def run(args: argparse.Namespace) -> None:
         )
     if args.model is not None and args.na_probs:
         raise UserError("with --model the no-answer scores come from the model: drop --na-probs")
+    if args.model is not None:
+        check_inference_flags(args)  # before the dataset is read: a --backend typo fails at once
     if args.predictions is not None:
         predictions = read_predictions(args.predictions)
         na_probs = read_na_probs(args.na_probs) if args.na_probs else None
     other = read_predictions(args.compare) if args.compare else None
     dataset = load_dataset(args.dataset, bad_spans="keep")  # the official scripts ignore answer_start
+    runner = None
     if args.model is not None:
-        answered = predict_examples(args, dataset.examples)
+        answered, runner = predict_examples(args, dataset.examples)
         predictions = {p.id: p.text for p in answered}
         na_probs = {p.id: p.null_score_diff for p in answered} if dataset.is_v2 else None
     scored = {
@@ -220,8 +228,8 @@ def run(args: argparse.Namespace) -> None:
             "dataset": args.dataset,
             **({"predictions": args.predictions} if args.model is None else {"model": args.model}),
         }
-        if args.model is not None:
-            report["backend"] = args.backend
+        if runner is not None:  # what ran: with --backend auto, the backend it chose and why
+            report.update(backend_record(args.backend, runner))
         if dataset.is_v2:
             report.update(na_probs=args.na_probs, na_prob_thresh=args.na_prob_thresh)
         if resamples:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -17,12 +17,23 @@ if TYPE_CHECKING:
     from tinyroberta_es.data.schema import Example
     from tinyroberta_es.extraction import Prediction
     from tinyroberta_es.inference import QuestionAnswerer
+    from tinyroberta_es.runtimes import Runner
 
 HELP = (
     "answer every question of a dataset, answers given or not (SQuAD JSON or JSON Lines); write predictions"
 )
 
 log = logging.getLogger(__name__)
+
+# Written out, not built from runtimes.CHOICES: importing the runtimes imports torch, and `--help` must stay
+# fast. tests/test_predict_command.py checks that every choice is named here.
+BACKEND_HELP = (
+    "what runs the model (default pytorch): pytorch, pytorch-bf16, pytorch-bf16-compiled (compiles at "
+    "load); onnx, onnx-int8 (need `tinyroberta-es export`, int8 with --quantize int8); openvino, "
+    "openvino-bf16, openvino-int8, openvino-int8-bf16 (need `tinyroberta-es export --format openvino`, "
+    "int8 with --quantize int8; bf16 needs a CPU with bf16); or auto: at load, measure the backends that "
+    "passed the export's parity check and keep the fastest"
+)
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +47,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="answer '' when null score - best span score exceeds this (SQuAD v2 models)",
     )
-    parser.add_argument(
-        "--backend",
-        default="pytorch",
-        help="pytorch, pytorch-bf16, pytorch-bf16-compiled (compiles at load), onnx or onnx-int8 "
-        "(the onnx ones need `tinyroberta-es export` first)",
-    )
+    parser.add_argument("--backend", default="pytorch", help=BACKEND_HELP)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's)")
 
 
@@ -65,15 +71,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_inference_arguments(parser)
 
 
-def answerer_from_args(args: argparse.Namespace) -> QuestionAnswerer:
-    """Build a `QuestionAnswerer` from the shared inference flags, validating them."""
+def inference_flag_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the shared inference flags: a size below 1, a --backend that does not exist."""
+    from tinyroberta_es.runtimes import CHOICES
+
+    problems = [
+        f"--{flag.replace('_', '-')} {value} must be a positive integer"
+        for flag in ("max_length", "doc_stride", "batch_size", "threads")
+        if (value := getattr(args, flag)) is not None and value < 1
+    ]
+    if args.backend not in CHOICES:
+        problems.append(f"--backend {args.backend!r} is unknown: choose one of {', '.join(CHOICES)}")
+    return problems
+
+
+def check_inference_flags(args: argparse.Namespace, *problems: str) -> None:
+    """One UserError naming every bad inference flag and every problem the caller found already."""
     from tinyroberta_es.errors import UserError
+
+    found = [*problems, *inference_flag_problems(args)]
+    if found:
+        raise UserError("; ".join(found))
+
+
+def answerer_from_args(args: argparse.Namespace) -> QuestionAnswerer:
+    """Build a `QuestionAnswerer` from the shared inference flags, validating them.
+
+    With `--backend auto` its runner says what it chose (`runner.selection`), and runtimes.auto logs why.
+    """
     from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 
-    for flag in ("max_length", "doc_stride", "batch_size", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} {value} must be a positive integer")
+    check_inference_flags(args)
     config = InferenceConfig(
         max_length=args.max_length,
         doc_stride=args.doc_stride,
@@ -85,28 +113,51 @@ def answerer_from_args(args: argparse.Namespace) -> QuestionAnswerer:
     return QuestionAnswerer.from_pretrained(args.model, config)
 
 
-def predict_examples(args: argparse.Namespace, examples: Sequence[Example]) -> list[Prediction]:
-    """Answer `examples` with the model and backend the inference flags name; print the speed."""
+def backend_record(requested: str, runner: Runner) -> dict[str, Any]:
+    """What ran, for a report: the concrete backend, and with `auto` what was asked and how it chose."""
+    record: dict[str, Any] = {"backend": runner.name}
+    if runner.selection is not None:
+        record.update(backend_requested=requested, selection=runner.selection)
+    return record
+
+
+def describe_backend(runner: Runner) -> str:
+    """The backend that ran, with the reason when `--backend auto` chose it."""
+    if runner.selection is None:
+        return runner.name
+    return f"{runner.name} (chosen by --backend auto: {runner.selection['reason']})"
+
+
+def predict_examples(
+    args: argparse.Namespace, examples: Sequence[Example]
+) -> tuple[list[Prediction], Runner]:
+    """Answer `examples` with the model and backend the inference flags name; print the speed.
+
+    Returns the predictions and the runner that made them (with `auto`, the backend it chose).
+    """
     answerer = answerer_from_args(args)
     t0 = time.perf_counter()
     predictions = answerer.predict(examples, progress=True)
     seconds = time.perf_counter() - t0
     print(
         f"answered {len(predictions)} questions in {seconds:.1f} s "
-        f"({len(predictions) / max(seconds, 1e-9):.1f} questions/s) with {answerer.runner.name}"
+        f"({len(predictions) / max(seconds, 1e-9):.1f} questions/s) with {describe_backend(answerer.runner)}"
     )
-    return predictions
+    return predictions, answerer.runner
 
 
 def run(args: argparse.Namespace) -> None:
     from tinyroberta_es import atomic
     from tinyroberta_es.data.loading import load_dataset
-    from tinyroberta_es.errors import UserError
 
+    problems = []
     if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit {args.limit} must be a positive integer")
+        problems.append(f"--limit {args.limit} must be a positive integer")
+    check_inference_flags(args, *problems)  # before the dataset is read: a typo fails at once
     dataset = load_dataset(args.dataset, bad_spans="keep", labels="optional")  # answers are not needed
-    predictions = predict_examples(args, dataset.examples[: args.limit])
+    # The predictions files keep their plain {id: answer} form; the backend that ran (and with auto, why)
+    # is printed by predict_examples and logged by runtimes.auto.
+    predictions, _ = predict_examples(args, dataset.examples[: args.limit])
     atomic.write_json(args.output, {p.id: p.text for p in predictions})
     if args.na_probs_output:
         atomic.write_json(args.na_probs_output, {p.id: p.null_score_diff for p in predictions})

@@ -6,7 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from tinyroberta_es.commands.predict import add_inference_arguments, answerer_from_args
+from tinyroberta_es.commands.predict import (
+    add_inference_arguments,
+    answerer_from_args,
+    check_inference_flags,
+    describe_backend,
+)
 
 HELP = "serve a QA model over HTTP: JSON API with server-side batching, /metrics and a web page at /"
 
@@ -56,8 +61,8 @@ def run(args: argparse.Namespace) -> None:
             f"the server needs FastAPI, uvicorn and prometheus-client ({err.name} is missing): "
             "pip install 'tinyroberta-es[serve]'"
         ) from None
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port} must be in 0..65535")
+    problems = [] if 0 <= args.port <= 65535 else [f"--port {args.port} must be in 0..65535"]
+    check_inference_flags(args, *problems)
     config = ServeConfig(
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
@@ -66,13 +71,12 @@ def run(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes,
         max_queue=args.max_queue,
         model_name=Path(args.model).name if Path(args.model).is_dir() else args.model,
-        backend=args.backend,
     )
-    answerer = answerer_from_args(args)
+    answerer = answerer_from_args(args)  # /health reports the backend it runs (with auto, the one chosen)
     log.info(
-        "serving %s (%s) at http://%s:%d (page at /, API docs at /docs)",
+        "serving %s on %s at http://%s:%d (page at /, API docs at /docs)",
         args.model,
-        config.backend,
+        describe_backend(answerer.runner),
         args.host,
         args.port,
     )

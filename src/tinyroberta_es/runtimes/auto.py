@@ -44,7 +44,7 @@ def parity_verdict(model_dir: str | Path, backend: str) -> tuple[bool, str]:
     if row is None:
         return False, f"not in the parity report {report_path}"
     drop, budget = row["f1_drop"], report["max_f1_drop"]
-    verdict = f"{-drop:+.2f} F1 on {report['questions']} {report['dev']} questions (budget {budget:g})"
+    verdict = f"{0.0 - drop:+.2f} F1 on {report['questions']} {report['dev']} questions (budget {budget:g})"
     return drop <= budget, verdict
 
 
@@ -62,6 +62,7 @@ def choose_runner(
         raise UserError(f"--backend auto measures CPU backends; device {device} is not cpu: name a backend")
     if not Path(model_dir).expanduser().is_dir():
         raise UserError(f"--backend auto needs a local model folder; {model_dir} is not one")
+    length = min(length, _positions(model_dir) or length)
     rows: list[dict[str, Any]] = []
     best: tuple[float, Runner] | None = None
     for backend in candidates or CANDIDATES:
@@ -101,6 +102,18 @@ def _median_ms(runner: Runner, length: int, calls: int) -> float:
             f"--backend auto: {runner.name} failed on 1 x {length} tokens ({first_line(err)})"
         ) from None
     return float(np.median(seconds)) * 1e3
+
+
+def _positions(model_dir: str | Path) -> int | None:
+    """How many tokens the model reads at once (a model with fewer than 384 positions is timed at that)."""
+    from transformers import AutoConfig
+
+    from tinyroberta_es.model_folder import max_tokens, tokenizer_folder
+
+    try:
+        return max_tokens(AutoConfig.from_pretrained(tokenizer_folder(model_dir)))
+    except (OSError, ValueError):
+        return None
 
 
 def _measured(rows: list[dict[str, Any]]) -> str:

@@ -65,8 +65,7 @@ class ServeConfig:
     max_batch_items: int = 32  # more items in one batch request get 413 too_many_items
     max_body_bytes: int = 1_000_000  # larger bodies get 413 body_too_large
     max_queue: int = 256  # questions waiting for the model; a request that would pass it gets 503 overloaded
-    model_name: str = "model"  # shown by /health
-    backend: str = "pytorch"  # shown by /health
+    model_name: str = "model"  # shown by /health (the backend it shows is the answerer's runner's)
 
     def __post_init__(self) -> None:
         problems = [
@@ -88,7 +87,8 @@ class ServeConfig:
 class Answerer(Protocol):
     """What the server needs of a `QuestionAnswerer`."""
 
-    config: Any  # an InferenceConfig: its null_threshold is read
+    config: Any  # an InferenceConfig: its null_threshold is read, and its backend (what was asked for)
+    runner: Any  # a runtimes.Runner: /health reports its name and, with --backend auto, its selection
 
     def predict(self, examples: Sequence[Example], top_k: int = 1) -> list[Prediction]: ...
 
@@ -200,10 +200,15 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
         results = await answer_all(body.items)
         return BatchResponse(results=results, latency_ms=round((time.perf_counter() - t0) * 1000, 3))
 
-    @app.get("/health", response_model=HealthResponse, summary="Liveness, model and limits")
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        response_model_exclude_none=True,  # backend_requested and selection only where auto chose
+        summary="Liveness, model, the backend that runs it, and limits",
+    )
     async def health() -> HealthResponse:
         limits = {k: int(v) for k, v in asdict(config).items() if k.startswith("max_")}
-        return HealthResponse(model=config.model_name, backend=config.backend, limits=limits)
+        return HealthResponse(model=config.model_name, limits=limits, **_backend(answerer))
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics (text exposition format)")
     async def prometheus_metrics() -> Response:
@@ -254,6 +259,18 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
     routes = [r.path for r in app.routes if hasattr(r, "path")]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     return app
+
+
+def _backend(answerer: Answerer) -> dict[str, Any]:
+    """The /health fields of the backend that runs: its name, and with `auto`, what was asked and why."""
+    runner = answerer.runner
+    if runner.selection is None:
+        return {"backend": runner.name}
+    return {
+        "backend": runner.name,
+        "backend_requested": answerer.config.backend,
+        "selection": runner.selection,
+    }
 
 
 def _response(prediction: Prediction, latency_ms: float) -> AnswerResponse:

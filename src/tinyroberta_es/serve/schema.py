@@ -76,10 +76,29 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="what was wrong and how to fix it", examples=["top_k: must be <= 20"])
 
 
+class BackendCandidate(BaseModel):
+    """One backend `--backend auto` considered: its parity verdict, and its time or why it was skipped."""
+
+    backend: str
+    parity: str | None = Field(None, description="the export's parity check of it, e.g. '-0.12 F1 on ...'")
+    ms: float | None = Field(None, description="median milliseconds of one window at batch 1 (if measured)")
+    skipped: str | None = Field(None, description="why it was not measured (no export, failed parity, ...)")
+
+
+class BackendSelection(BaseModel):
+    """How `--backend auto` chose the backend that runs."""
+
+    chosen: str
+    reason: str
+    candidates: list[BackendCandidate]
+
+
 class HealthResponse(BaseModel):
-    """The server is up; which model and backend it serves, and its limits."""
+    """The server is up; which model it serves, the backend that runs it, and its limits."""
 
     status: str = "ok"
     model: str
-    backend: str
+    backend: str = Field(description="the backend that runs the model (with --backend auto: the one chosen)")
+    backend_requested: str | None = Field(None, description="'auto' when --backend auto chose the backend")
+    selection: BackendSelection | None = Field(None, description="with --backend auto: how it chose")
     limits: dict[str, int]
