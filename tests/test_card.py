@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tinyroberta_es.card import hub_dataset, is_hub_model, model_card, write_card
+from tinyroberta_es.card import exported_backends, hub_dataset, is_hub_model, model_card, write_card
 from tinyroberta_es.config import DataConfig, DistillConfig, to_dict
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.speedups import labelled_speedups
 
 STUDENT = "student-6l"
 
@@ -37,6 +38,7 @@ def eval_row(model: str, backend: str, em: float, f1: float) -> dict[str, Any]:
 def bench_row(model: str, backend: str, latency: float, throughput: float) -> dict[str, Any]:
     return {
         "model": model,
+        "folder": f"run/{model}",
         "backend": backend,
         "dtype": "float32",
         "threads": 2,
@@ -44,6 +46,24 @@ def bench_row(model: str, backend: str, latency: float, throughput: float) -> di
         "latency_ms_b1": latency,
         "fixed_ms_b1": latency / 2,
         "throughput": throughput,
+    }
+
+
+def bench(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bench section as the run writes it: rows, and the labelled speedups against the teacher."""
+    return {
+        "config": {
+            "models": ["run/teacher", f"run/{STUDENT}"],
+            "dataset": "xquad_es",
+            "questions": 100,
+            "batch_size": 32,
+            "seq_len": 384,
+            "threads": 2,
+        },
+        "machine": {"cpu": "Test CPU 9000", "cores": 2, "torch_threads": 2},
+        "rows": rows,
+        "speedups": labelled_speedups(rows, "run/teacher"),
+        "skipped": [],
     }
 
 
@@ -111,22 +131,13 @@ def summary(tmp_path: Path) -> dict[str, Any]:
                 eval_row(STUDENT, "onnx", 40.25, 56.5),
             ],
         },
-        "bench": {
-            "config": {
-                "dataset": "xquad_es",
-                "questions": 100,
-                "batch_size": 32,
-                "seq_len": 384,
-                "threads": 2,
-            },
-            "machine": {"cpu": "Test CPU 9000", "cores": 2, "torch_threads": 2},
-            "rows": [
+        "bench": bench(
+            [
                 bench_row("teacher", "pytorch", 400.0, 2.5),
                 bench_row(STUDENT, "pytorch", 50.0, 20.0),
                 bench_row(STUDENT, "onnx", 25.0, 40.0),
-            ],
-            "skipped": [],
-        },
+            ]
+        ),
         "skipped": [],
     }
 
@@ -181,8 +192,9 @@ def test_body_states_normalisation_speed_protocol_and_citation(summary: dict[str
     assert "SQuAD v1.1's official normalisation" in body
     assert "Latency is end to end: tokenisation, model, answer extraction" in body
     assert "Test CPU 9000" in body and "2 threads" in body and "batch size 32" in body
-    assert "| teacher | pytorch | float32 | 400.0 | 2.5 | 1.00x |" in body
-    assert "| student-6l | onnx | float32 | 25.0 | 40.0 | 16.00x |" in body
+    # like for like (the teacher has no onnx row), then against the teacher's eager fp32
+    assert "| teacher | pytorch | float32 | 400.0 | 2.5 | 1.00x | 1.00x |" in body
+    assert "| student-6l | onnx | float32 | 25.0 | 40.0 | - | 16.00x |" in body
     assert "| xquad_es | pytorch | 1190 | 40.50 | 56.75 | 37.00 | 55.50 | 75.2 |" in body  # 56.75/75.5
     assert "51,211,778 parameters, 14.4% of the teacher's 355,000,000" in body
     assert "6 layers, hidden size 512, 16 attention heads" in body
@@ -243,3 +255,63 @@ def test_write_card_writes_readme(summary: dict[str, Any]) -> None:
 def test_unknown_student_names_the_choices(summary: dict[str, Any]) -> None:
     with pytest.raises(UserError, match="no model 'nope': choose one of teacher, student-6l"):
         model_card(summary, "nope")
+
+
+def test_speed_states_three_labelled_speedups_and_what_auto_chose(summary: dict[str, Any]) -> None:
+    selection = {
+        "chosen": "onnx",
+        "reason": "fastest at 1 x 384 tokens (11.0 ms, median of 10) of those that passed parity",
+        "candidates": [
+            {"backend": "pytorch", "parity": "the reference", "ms": 24.0},
+            {"backend": "onnx", "parity": "-0.10 F1", "ms": 11.0},
+            {"backend": "openvino-int8", "parity": "-3.00 F1", "skipped": "failed or lacks the parity check"},
+        ],
+    }
+    summary["recipe"]["export"] = {"teacher": True}
+    rows = [
+        bench_row("teacher", "pytorch", 400.0, 2.5),
+        bench_row("teacher", "onnx", 200.0, 5.0),  # an exported teacher: its best is not its eager fp32
+        bench_row(STUDENT, "pytorch", 50.0, 20.0),
+        bench_row(STUDENT, "onnx", 25.0, 40.0) | {"auto": selection, "backend_requested": "auto"},
+    ]
+    summary["bench"] = bench(rows)
+    _, body = split_card(model_card(summary, STUDENT))
+    assert "| student-6l | onnx (auto) | float32 | 25.0 | 40.0 | 8.00x | 16.00x |" in body
+    assert (
+        "- Best against best (the headline): student-6l on onnx (auto), its fastest backend, against teacher "
+        "on onnx, its fastest: 8.00x end to end (8.00x on one 384-token window, 8.00x questions/s)"
+    ) in body
+    assert "- Like for like, against the teacher on the same backend: on pytorch 8.00x end to end" in body
+    assert "on onnx (auto) 8.00x end to end" in body
+    assert "- Against the teacher's eager fp32 (pytorch): on pytorch 8.00x end to end" in body
+    assert "on onnx (auto) 16.00x end to end" in body
+    assert (
+        "- `--backend auto` chose onnx (benchmark): fastest at 1 x 384 tokens (11.0 ms, median of 10) of "
+        "those that passed parity; measured: pytorch 24.0 ms; onnx 11.0 ms; openvino-int8 not measured "
+        "(failed or lacks the parity check)"
+    ) in body
+    assert "not exported" not in body
+
+
+def test_usage_recommends_auto_and_lists_the_exports_that_passed_parity(summary: dict[str, Any]) -> None:
+    export = summary["models"][1]["export"]
+    export["max_f1_drop"] = 1.0
+    export["rejected"] = ["onnx-int8"]
+    export["variants"] = {
+        "pytorch": {"f1": 56.0},
+        "pytorch-bf16": {"f1": 55.0, "f1_drop": 1.0, "passed": True},
+        "onnx": {"f1": 56.0, "f1_drop": 0.0, "passed": True},
+        "onnx-int8": {"f1": 52.0, "f1_drop": 4.0, "passed": False},
+        "openvino": {"f1": 56.0, "f1_drop": 0.0, "passed": True},
+        "openvino-bf16": {"f1": 54.0, "f1_drop": 2.0, "passed": False},  # shares openvino's files
+        "openvino-int8": {"f1": 55.5, "f1_drop": 0.5, "passed": True},
+    }
+    assert exported_backends(summary["models"][1]) == ["onnx", "openvino", "openvino-int8"]
+    summary["recipe"]["card"]["repo_id"] = "someone/student-6l"
+    meta, body = split_card(model_card(summary, STUDENT))
+    assert "onnx" in meta["tags"] and "openvino" in meta["tags"]
+    assert "passed the parity check on onnx, openvino, openvino-int8" in body
+    assert "huggingface-cli download someone/student-6l --local-dir ./student-6l\n" in body
+    assert "tinyroberta-es answer --model ./student-6l --backend auto --question" in body
+    assert "Or name one: `--backend onnx`, `--backend openvino`, `--backend openvino-int8`." in body
+    assert "onnx-int8" not in body.split("## How to use")[1] and "openvino-bf16" not in body

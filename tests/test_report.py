@@ -14,6 +14,7 @@ import pytest
 
 from tinyroberta_es import report
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.speedups import labelled_speedups
 
 pytest.importorskip("matplotlib")
 
@@ -24,14 +25,19 @@ def _scores(f1: float, em: float) -> dict[str, dict[str, float]]:
     return {"mlqa-es": {"exact_match": em, "f1": f1}, "squad": {"exact_match": em - 1, "f1": f1 - 1}}
 
 
-def _bench_row(model: str, backend: str, latency: float, speedup: float) -> dict[str, Any]:
+def _bench_row(model: str, backend: str, latency: float) -> dict[str, Any]:
     return {
         "model": model, "folder": f"runs/sample/{model}", "backend": backend, "dtype": "float32",
         "params": 1_234_567, "weights_bytes": 4_938_268,
         "latency_b1": {"p50": latency, "p90": 6.0, "p99": 7.2},
-        "latency_ms_b1": latency, "fixed_ms_b1": 4.0, "throughput": 120.0, "seq_len": 256,
-        "speedup_vs_first": {"fixed_b1": speedup, "latency_b1": speedup},
+        "latency_ms_b1": latency, "fixed_ms_b1": 0.8 * latency, "throughput": 600 / latency, "seq_len": 256,
     }  # fmt: skip
+
+
+def _with_speedups(bench: dict[str, Any]) -> dict[str, Any]:
+    """The labelled speedups against the teacher, as `bench` writes them into bench.json."""
+    bench["speedups"] = labelled_speedups(bench["rows"], "runs/sample/teacher")
+    return bench
 
 
 def _variant(f1: float, drop: float, file: str) -> dict[str, Any]:
@@ -83,12 +89,18 @@ def summary(tmp_path: Path) -> dict[str, Any]:
         {"dataset": "sample_dev", "questions": 60, "unanswerable": 12, "f1": 20.0, "exact_match": 20.0}
     ]
     bench = {
-        "config": {"dataset": "sample_dev", "questions": 20, "batch_size": 8, "seq_len": 256},
+        "config": {
+            "dataset": "sample_dev",
+            "questions": 20,
+            "batch_size": 8,
+            "seq_len": 256,
+            "models": ["runs/sample/teacher", "runs/sample/student-2l"],
+        },
         "machine": {"cpu": "Test CPU", "cores": 2, "torch_threads": 2},
         "rows": [
-            _bench_row("teacher", "pytorch", 5.1, 1.0),
-            _bench_row("student-2l", "pytorch", 2.0, 2.5),
-            _bench_row("student-2l", "onnx", 1.0, 5.0),
+            _bench_row("teacher", "pytorch", 5.1),
+            _bench_row("student-2l", "pytorch", 1.7),
+            _bench_row("student-2l", "onnx", 1.0),
         ],
         "skipped": [{"model": "teacher", "backend": "onnx", "reason": "no ONNX export: run export"}],
     }
@@ -106,7 +118,7 @@ def summary(tmp_path: Path) -> dict[str, Any]:
         "teacher": "teacher",
         "models": models,
         "evaluation": evaluation,
-        "bench": bench,
+        "bench": _with_speedups(bench),
         "skipped": [{"model": "teacher", "backend": "onnx", "reason": "not exported"}],
     }
 
@@ -152,7 +164,9 @@ def test_speed_and_export_rows(summary: dict[str, Any]) -> None:
         ("teacher", "pytorch"), ("student-2l", "pytorch"), ("student-2l", "onnx")
     ]  # fmt: skip
     assert speed[2]["F1 sample_dev"] == "14.00"
-    assert speed[2]["speedup e2e"] == "5.0x"
+    assert speed[1]["e2e speedup like for like"] == "3.0x"  # against the teacher on pytorch too
+    assert speed[2]["e2e speedup like for like"] == "-"  # the teacher was not exported
+    assert speed[2]["e2e speedup against teacher eager fp32"] == "5.1x"
     assert speed[0]["params (M)"] == "1.23" and speed[0]["size MB"] == "4.9"
     assert speed[0]["e2e b1 p50 / p90 / p99 ms"] == "5.1 / 6.0 / 7.2"
     exports = {r["variant"]: r for r in report.export_rows(summary)}
@@ -261,3 +275,60 @@ def test_students_of_several_seeds_get_their_mean_and_spread(summary: dict[str, 
             "sd": "1.41",
         }
     ]  # fmt: skip  (only pytorch rows: the onnx row of student-2l is left out)
+
+
+SELECTION = {
+    "chosen": "onnx",
+    "reason": "fastest at 1 x 384 tokens (0.9 ms, median of 10) of those that passed parity",
+    "candidates": [
+        {"backend": "pytorch", "parity": "the reference", "ms": 1.6},
+        {"backend": "onnx", "parity": "+0.00 F1", "ms": 0.9},
+        {"backend": "openvino", "parity": "no parity report", "skipped": "no export"},
+    ],
+}
+
+
+def test_speedups_are_stated_three_ways_against_the_teachers_best_and_auto_says_why(
+    summary: dict[str, Any], tmp_path: Path
+) -> None:
+    summary["recipe"]["export"] = {"teacher": True}
+    bench = summary["bench"]
+    bench["rows"].insert(1, _bench_row("teacher", "onnx", 3.4))  # the teacher's best is not its eager fp32
+    bench["rows"][-1] |= {"auto": SELECTION, "backend_requested": "auto"}
+    _with_speedups(bench)
+    summary["evaluation"]["rows"][2] |= {"auto": SELECTION, "backend_requested": "auto"}
+    report.write_report(summary, tmp_path)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert (
+        "Headline (best against best): student-2l on onnx (auto), its fastest backend, is 3.4x faster than "
+        "teacher on onnx, its fastest (one 256-token window, batch 1, median); end to end 3.4x at batch 1"
+    ) in md
+    assert "| best against best | student-2l | onnx (auto) | teacher on onnx | 3.4x | 3.4x | 3.4x |" in md
+    assert "| like for like | student-2l | pytorch | teacher on pytorch | 3.0x |" in md
+    assert "| like for like | student-2l | onnx (auto) | teacher on onnx | 3.4x |" in md
+    assert "| against teacher eager fp32 | student-2l | onnx (auto) | teacher on pytorch | 5.1x |" in md
+    assert "| against teacher eager fp32 | teacher | onnx | teacher on pytorch | 1.5x |" in md
+    assert "The teacher was not exported" not in md
+    assert (
+        "| student-2l | benchmark | onnx | fastest at 1 x 384 tokens (0.9 ms, median of 10) of those that "
+        "passed parity | pytorch 1.6 ms; onnx 0.9 ms; openvino not measured (no export) |"
+    ) in md
+    assert "| student-2l | evaluation, sample_dev | onnx |" in md
+    assert "| student-2l | student | onnx (auto) | sample_dev | 60 |" in md  # the accuracy table
+
+
+def test_a_bf16_run_over_budget_is_marked_failed_and_openvino_int8_says_how_it_was_calibrated(
+    summary: dict[str, Any],
+) -> None:
+    export = summary["models"][1]["export"]
+    export["variants"]["openvino"] = _variant(15.0, 0.0, "model.xml") | {"passed": True}
+    export["variants"]["openvino-bf16"] = _variant(13.0, 2.0, "model.xml") | {"passed": False}
+    export["int8"] = {
+        "openvino-int8": {"method": "nncf post-training", "calibration_windows": 128,
+                          "calibration_set": "sample_dev", "calibration_questions": 40}
+    }  # fmt: skip
+    statuses = {r["variant"]: r["status"] for r in report.export_rows(summary)}
+    assert statuses["openvino"] == "kept" and statuses["openvino-bf16"] == "failed"
+    assert report.int8_notes(summary) == [
+        "student-2l, openvino-int8: nncf post-training; 128 calibration windows of sample_dev (40 questions)."
+    ]

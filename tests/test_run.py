@@ -15,15 +15,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import yaml
 
 from cli_helpers import assert_one_line_error, run_cli, torchrun_cli
-from tinyroberta_es.config import apply_overrides
+from tinyroberta_es.config import apply_overrides, from_dict
 from tinyroberta_es.errors import UserError
-from tinyroberta_es.recipe import load_recipe
+from tinyroberta_es.recipe import Recipe, load_recipe
 from tinyroberta_es.stages import Stage, StageRecords, changed_settings
+from tinyroberta_es.workflow import (
+    _mtime,
+    backends_of,
+    bench_models,
+    check_recipe,
+    evaluate_models,
+    plan,
+    unavailable,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "recipes" / "smoke.yaml"
@@ -182,6 +193,202 @@ def test_a_given_teacher_that_is_not_a_qa_model_is_refused(tmp_path, capsys, mon
     path.write_text(yaml.safe_dump(data))
     status, _, err = run_cli(capsys, "run", str(path))
     assert_one_line_error(status, err, "encoder")
+
+
+# --- exports, availability and auto in the run's stages ----------------------------------------------------
+
+
+def smoke_recipe(**changes) -> Recipe:
+    """The smoke recipe, checked as `run` checks it, with top-level keys replaced (dicts merged)."""
+    data = yaml.safe_load(SAMPLE.read_text())
+    for key, value in changes.items():
+        data[key] = (
+            data[key] | value if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        )
+    return check_recipe(from_dict(Recipe, data, where="recipe.yaml"))
+
+
+def export_configs(recipe: Recipe, tmp_path: Path, monkeypatch) -> dict[str, Any]:
+    """Run each export stage of the plan with `export_model` replaced: the ExportConfig each one built."""
+    import tinyroberta_es.onnx_export as onnx_export
+
+    built = {}
+
+    def export_model(config, strict):
+        built[config.model] = config
+        return {"rejected": [], "variants": {}}
+
+    monkeypatch.setattr(onnx_export, "export_model", export_model)
+    for stage in plan(recipe, tmp_path, ""):
+        if stage.name.startswith("export-"):
+            stage.work()
+    return built
+
+
+@pytest.mark.parametrize(
+    ("backends", "formats", "quantize"),
+    [
+        (["pytorch", "onnx"], ("onnx",), None),
+        (["pytorch", "openvino-int8"], ("openvino",), "int8"),
+        (["onnx", "openvino-bf16"], ("onnx", "openvino"), None),
+        (["pytorch", "onnx-int8", "openvino"], ("onnx", "openvino"), "int8"),
+        (["auto"], ("onnx", "openvino"), "int8"),  # auto chooses among every backend that passed parity
+    ],
+)
+def test_the_export_stage_writes_the_formats_the_backends_need(
+    tmp_path, monkeypatch, backends, formats, quantize
+):
+    export = {"calibration": "sample_train", "calibration_size": 16, "int8_method": "plain"}
+    recipe = smoke_recipe(backends=backends, export=export)
+    (config,) = export_configs(recipe, tmp_path, monkeypatch).values()
+    assert config.model == "runs/smoke/student-2l"
+    assert (config.formats, config.quantize) == (formats, quantize)
+    assert (config.calibration, config.calibration_size, config.int8_method) == ("sample_train", 16, "plain")
+    assert (config.dev, config.max_f1_drop, config.max_length) == ("sample_dev", 1.0, 256)
+
+
+def test_no_export_stage_for_pytorch_backends_and_the_teacher_only_when_asked(tmp_path, monkeypatch):
+    names = [s.name for s in plan(smoke_recipe(backends=["pytorch", "pytorch-bf16"]), tmp_path, "")]
+    assert not [n for n in names if n.startswith("export-")]
+    recipe = smoke_recipe(backends=["pytorch", "openvino"], export={"teacher": True})
+    stages = {s.name: s for s in plan(recipe, tmp_path, "")}
+    assert list(stages["export-teacher"].after) == ["teacher"]
+    assert list(stages["export-student-2l"].after) == ["distill-student-2l"]
+    assert "export-teacher" in stages["evaluate"].after and "export-teacher" in stages["bench"].after
+    built = export_configs(recipe, tmp_path, monkeypatch)
+    assert set(built) == {"runs/smoke/teacher", "runs/smoke/student-2l"}
+    assert backends_of(recipe, "teacher") == ["pytorch", "openvino"]
+    assert backends_of(smoke_recipe(backends=["pytorch", "openvino", "auto"]), "teacher") == [
+        "pytorch",
+        "auto",
+    ]
+
+
+def exported_folder(folder: Path, variants: dict[str, dict], rejected: list[str], files: list[str]) -> Path:
+    """A model folder whose onnx/ holds `files` and a parity.json with these rows (budget 1.0)."""
+    (folder / "onnx").mkdir(parents=True)
+    for name in files:
+        (folder / "onnx" / name).write_bytes(b"x")
+    parity = {
+        "dev": "sample_dev",
+        "questions": 12,
+        "max_f1_drop": 1.0,
+        "variants": variants,
+        "rejected": rejected,
+    }
+    (folder / "onnx" / "parity.json").write_text(json.dumps(parity))
+    return folder
+
+
+def test_openvino_backends_that_failed_or_missed_the_parity_check_are_unavailable_with_the_f1_lost(tmp_path):
+    variants = {
+        "pytorch": {"f1": 50.0},
+        "openvino": {"f1": 49.5, "f1_drop": 0.5, "passed": True},
+        "openvino-bf16": {"f1": 47.5, "f1_drop": 2.5, "passed": False},  # shares openvino's files
+        "openvino-int8": {"f1": 46.0, "f1_drop": 4.0, "passed": False},
+    }
+    files = ["model.xml", "model.bin", "model.int8.rejected.xml", "model.int8.rejected.bin"]
+    folder = str(exported_folder(tmp_path / "student", variants, ["openvino-int8"], files))
+    assert unavailable(folder, "openvino") is None
+    assert unavailable(folder, "openvino-bf16") == (
+        f"failed the export's parity check: loses 2.50 F1 on sample_dev (budget 1.00); see "
+        f"{folder}/onnx/parity.json"
+    )
+    assert unavailable(folder, "openvino-int8").startswith(
+        "rejected by the export's parity check: loses 4.00 F1 on sample_dev (budget 1.00)"
+    )
+    assert unavailable(folder, "openvino-int8-bf16").startswith("no export at")  # no row, no file
+    assert unavailable(folder, "pytorch") is None and unavailable(folder, "auto") is None
+    del variants["openvino-bf16"]  # files there, never checked (the exporting CPU had no bf16)
+    unchecked = exported_folder(tmp_path / "unchecked", variants, [], ["model.xml", "model.bin"])
+    reason = unavailable(str(unchecked), "openvino-bf16")
+    assert reason.startswith("not in the export's parity check") and "--format openvino" in reason
+
+
+def test_a_newer_openvino_weights_file_makes_an_old_evaluation_stale(tmp_path):
+    folder = exported_folder(tmp_path / "student", {}, [], ["model.xml", "model.bin", "model.onnx"])
+    (folder / "model.safetensors").write_bytes(b"x")
+    for i, name in enumerate(["model.safetensors", "onnx/model.onnx", "onnx/model.xml", "onnx/parity.json"]):
+        os.utime(folder / name, (1000 + i, 1000 + i))
+    os.utime(folder / "onnx" / "model.bin", (2000, 2000))  # the weights of the IR, rewritten
+    assert _mtime(str(folder), "openvino") == 2000 and _mtime(str(folder), "openvino-bf16") == 2000
+    assert _mtime(str(folder), "onnx") == 1001 and _mtime(str(folder), "pytorch") == 1000
+    assert _mtime(str(folder), "auto") == 2000  # every file auto chooses among
+    os.utime(folder / "onnx" / "model.bin", (500, 500))
+    assert _mtime(str(folder), "auto") == 1003  # and the parity report it chooses by
+
+
+class FakeAnswerer:
+    """What `QuestionAnswerer.from_pretrained(folder, backend auto)` returns: a runner that says what auto
+    chose (pytorch for the teacher, onnx for a student), and empty answers."""
+
+    def __init__(self, folder: str) -> None:
+        chosen = "pytorch" if folder.endswith("teacher") else "onnx"
+        selection = {"chosen": chosen, "reason": "fastest", "candidates": [{"backend": chosen, "ms": 1.0}]}
+        self.runner = SimpleNamespace(name=chosen, selection=selection)
+
+    def predict(self, examples, progress=False):
+        return [SimpleNamespace(id=ex.id, text="", null_score_diff=0.0) for ex in examples]
+
+
+def test_an_auto_evaluation_row_names_the_backend_auto_chose_and_why(tmp_path, monkeypatch):
+    from tinyroberta_es.inference import QuestionAnswerer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(QuestionAnswerer, "from_pretrained", lambda folder, config: FakeAnswerer(folder))
+    recipe = smoke_recipe(backends=["auto"], evaluate={"limit": 3})
+    result = evaluate_models(recipe, tmp_path / "evaluation")
+    teacher, student = result["rows"]
+    assert (teacher["backend"], teacher["backend_requested"]) == ("pytorch", "auto")
+    assert (student["backend"], student["backend_requested"]) == ("onnx", "auto")
+    assert student["auto"]["chosen"] == "onnx" and student["auto"]["reason"] == "fastest"
+    assert (tmp_path / "evaluation" / "student-2l.auto.sample_dev.json").is_file()
+    assert "vs_teacher" in student  # paired with the teacher's auto row, read back under its file name
+
+
+def test_the_bench_stage_leaves_out_a_backend_whose_files_failed_parity_and_merges_the_groups(
+    tmp_path, monkeypatch
+):
+    import tinyroberta_es.bench as bench
+    import tinyroberta_es.commands.bench as bench_command
+
+    calls, written = [], {}
+
+    def fake_run_bench(config, command=""):  # rows where the export is there, as run_bench skips the rest
+        calls.append((list(config.models), list(config.backends)))
+        pairs = [(m, b, bench.missing_export(m, b)) for m in config.models for b in config.backends]
+        rows = [
+            {"model": Path(m).name, "folder": m, "backend": b, "fixed_ms_b1": 2.0, "latency_ms_b1": 3.0,
+             "throughput": 10.0, "sequences_per_s": 5.0}
+            for m, b, missing in pairs if not missing
+        ]  # fmt: skip
+        skipped = [{"model": Path(m).name, "backend": b, "reason": why} for m, b, why in pairs if why]
+        return {"config": {"models": list(config.models)}, "rows": rows, "skipped": skipped, "baseline": {}}
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench_command, "write_report", lambda report, out: written.update(report))
+    monkeypatch.chdir(tmp_path)
+    variants = {
+        "openvino": {"f1_drop": 0.0, "passed": True},
+        "openvino-bf16": {"f1_drop": 3.0, "passed": False},
+    }
+    exported_folder(tmp_path / "runs" / "smoke" / "student-2l", variants, [], ["model.xml", "model.bin"])
+    recipe = smoke_recipe(backends=["pytorch", "openvino", "openvino-bf16"])
+    bench_models(recipe, tmp_path / "bench")
+    assert calls == [
+        (["runs/smoke/teacher"], ["pytorch", "openvino", "openvino-bf16"]),
+        (["runs/smoke/student-2l"], ["pytorch", "openvino"]),
+    ]
+    rows = written["rows"]
+    assert [(r["model"], r["backend"]) for r in rows] == [
+        ("teacher", "pytorch"), ("student-2l", "pytorch"), ("student-2l", "openvino")
+    ]  # fmt: skip
+    assert rows[0]["speedup_vs_first"]["fixed_b1"] == 1.0 and rows[2]["backend_requested"] == "openvino"
+    (skipped,) = written["skipped"]  # the teacher is not exported: its openvino rows are not missed
+    assert (skipped["model"], skipped["backend"]) == ("student-2l", "openvino-bf16")
+    assert skipped["reason"].startswith("failed the export's parity check: loses 3.00 F1 on sample_dev")
+    assert written["config"]["models"] == ["runs/smoke/teacher", "runs/smoke/student-2l"]
+    assert written["baseline"] == {"model": "teacher", "backend": "pytorch"}
 
 
 # --- the smoke recipe, end to end ------------------------------------------------------------------------

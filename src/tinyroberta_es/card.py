@@ -18,8 +18,10 @@ from tinyroberta_es.atomic import write_text
 from tinyroberta_es.config import to_yaml
 from tinyroberta_es.data.sources import DATASETS, normalize_name
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.summary import auto_choices
 
 NOT_MEASURED = "not measured in this run"
+SPEEDUP_VIEWS = ("best_vs_best", "like_for_like", "vs_baseline_eager_fp32")  # the bench's labelled views
 HUB_DATASETS = {  # name prefix of a named dataset -> its Hub id
     "squad_es_": "ccasimiro/squad_es",
     "xquad_es": "google/xquad",
@@ -112,7 +114,7 @@ def metadata(summary: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
         "library_name": "transformers",
         "pipeline_tag": "question-answering",
         "tags": ["question-answering", "knowledge-distillation", "spanish", "tinyroberta-es"]
-        + (["onnx"] if onnx_backends(model) else []),
+        + [f for f in ("onnx", "openvino") if any(b.startswith(f) for b in exported_backends(model))],
     }
     if any(datasets):
         meta["datasets"] = list(dict.fromkeys(d for d in datasets if d))
@@ -154,11 +156,21 @@ def distill_config(model: dict[str, Any]) -> dict[str, Any]:
     return model.get("config") or {}
 
 
-def onnx_backends(model: dict[str, Any]) -> list[str]:
-    """The ONNX backends the student was exported to and kept (not rejected by the parity check)."""
+def exported_backends(model: dict[str, Any]) -> list[str]:
+    """The ONNX and OpenVINO backends the model was exported to that passed the parity check (neither
+    rejected nor over the F1 budget), in the parity report's order."""
+    from tinyroberta_es.runtimes import engine_of
+
     export = model.get("export") or {}
-    rejected = set(export.get("rejected", []))
-    return [b for b in export.get("variants", {}) if b.startswith("onnx") and b not in rejected]
+    rejected, budget = set(export.get("rejected", [])), export.get("max_f1_drop")
+    return [
+        b
+        for b, row in export.get("variants", {}).items()
+        if engine_of(b) != "torch"
+        and b not in rejected
+        and row.get("passed") is not False
+        and (budget is None or row.get("f1_drop", 0.0) <= budget)
+    ]
 
 
 def student_shape(folder: str) -> str:
@@ -312,14 +324,15 @@ def evaluation(summary: dict[str, Any], student: str) -> str:
 
 
 def speed(summary: dict[str, Any], student: str) -> str:
-    """The bench rows of the student and the teacher, and the protocol that produced them."""
+    """The bench rows of the student and the teacher, the three labelled speedups, what auto chose, and the
+    protocol that produced them."""
     bench, teacher = summary.get("bench"), summary["teacher"]
     rows = [r for r in (bench or {}).get("rows", []) if r["model"] in (student, teacher)]
     if not rows:
         return f"Speed: {NOT_MEASURED}."
-    base = next((r for r in rows if r["model"] == teacher and r["backend"] == "pytorch"), None)
-    header = ["Model", "Backend", "Dtype", "Latency p50 (ms)", "Throughput (questions/s)", "Speedup"]
-    table = [[r["model"], r["backend"], str(r.get("dtype", "-")), *_speed_cells(r, base)] for r in rows]
+    header = ["Model", "Backend", "Dtype", "Latency p50 (ms)", "Throughput (questions/s)"]
+    header += ["Speedup, like for like", "Speedup against the teacher's eager fp32"]
+    table = [[r["model"], _backend(r), str(r.get("dtype", "-")), *_speed_cells(r)] for r in rows]
     cfg, machine = bench.get("config", {}), bench.get("machine", {})
     threads = cfg.get("threads") or machine.get("torch_threads")
     protocol = (
@@ -327,15 +340,49 @@ def speed(summary: dict[str, Any], student: str) -> str:
         f"{machine.get('cores', '?')} cores), {threads} threads; {cfg.get('questions')} questions of "
         f"{cfg.get('dataset')}; throughput at batch size {cfg.get('batch_size')}, windows of up to "
         f"{cfg.get('seq_len')} tokens. Latency is end to end: tokenisation, model, answer extraction "
-        f"(one question at a time, median). Speedup: the teacher's PyTorch latency over the row's"
-        + ("" if base else f" ({NOT_MEASURED}: the teacher's PyTorch row is missing)")
-        + "."
+        "(one question at a time, median). Like for like: the teacher's latency on the same backend over the "
+        "row's; against the teacher's eager fp32: the teacher's PyTorch fp32 latency over the row's"
+        + (
+            " ('-': the teacher has no row on that backend)."
+            if any("-" in row[-2:] for row in table)
+            else "."
+        )
     )
-    return f"{markdown_table(header, table)}\n\n{protocol}"
+    lines = labelled_speedups(summary, student)
+    lines += [
+        f"- `--backend auto` chose {c['chose']} ({c['where']}): {c['reason']}; measured: {c['candidates']}"
+        for c in auto_choices(summary, student)
+    ]
+    return "\n\n".join(p for p in (markdown_table(header, table), "\n".join(lines), protocol) if p)
+
+
+def labelled_speedups(summary: dict[str, Any], student: str) -> list[str]:
+    """The student against the teacher three ways, each labelled, from the bench's `speedups`."""
+    speedups = (summary.get("bench") or {}).get("speedups") or {}
+    seq = (summary.get("bench") or {}).get("config", {}).get("seq_len", "?")
+    mine = {key: [e for e in speedups.get(key) or [] if e["model"] == student] for key in SPEEDUP_VIEWS}
+    if not any(mine.values()):
+        return [f"- Speedups against the teacher: {NOT_MEASURED}."]
+    unexported = not (summary["recipe"].get("export") or {}).get("teacher")
+    lines = []
+    for e in mine["best_vs_best"]:
+        engines = " (not exported: PyTorch backends only)" if unexported else ""
+        lines.append(
+            f"- Best against best (the headline): {student} on {_backend(e)}, its fastest backend, against "
+            f"{e['baseline_model']} on {e['baseline_backend']}, its fastest{engines}: {_ratio(e, seq)}"
+        )
+    if mine["like_for_like"]:
+        same = "; ".join(f"on {_backend(e)} {_ratio(e, seq)}" for e in mine["like_for_like"])
+        lines.append(f"- Like for like, against the teacher on the same backend: {same}")
+    if mine["vs_baseline_eager_fp32"]:
+        eager = "; ".join(f"on {_backend(e)} {_ratio(e, seq)}" for e in mine["vs_baseline_eager_fp32"])
+        lines.append(f"- Against the teacher's eager fp32 (pytorch): {eager}")
+    return lines
 
 
 def usage(summary: dict[str, Any], model: dict[str, Any]) -> str:
-    """Loading with transformers and with the tinyroberta-es CLI (and its ONNX backends)."""
+    """Loading with transformers and the tinyroberta-es CLI; with exports, `--backend auto` and the backends
+    that passed the parity check (ONNX Runtime and OpenVINO)."""
     repo_id = (summary["recipe"].get("card") or {}).get("repo_id")
     repo = repo_id or model["folder"]
     question, context = (
@@ -350,11 +397,18 @@ def usage(summary: dict[str, Any], model: dict[str, Any]) -> str:
     )
     if not repo_id:
         text += f"\n\n`{repo}` is the run's local folder; once pushed to the Hub, use its Hub id instead."
-    backends = onnx_backends(model)
+    backends = exported_backends(model)
     if backends:
-        fastest = "onnx-int8" if "onnx-int8" in backends else backends[0]
+        # auto and the exported backends read the files of a local folder's `onnx/`
+        local = f"./{model['name']}" if repo_id else model["folder"]
+        download = f"huggingface-cli download {repo_id} --local-dir {local}\n" if repo_id else ""
         text += (
-            f"\n\nONNX Runtime runs the export in `onnx/` ({', '.join(backends)}): add `--backend {fastest}`."
+            f"\n\nThe export in `onnx/` passed the parity check on {', '.join(backends)} (F1 within the "
+            "export's budget of PyTorch fp32). `--backend auto` measures those (and PyTorch) on your machine "
+            "and keeps the fastest:\n\n"
+            f"```bash\n{download}tinyroberta-es answer --model {local} --backend auto "
+            f'--question "{question}" --context "{context}"\n```\n\n'
+            f"Or name one: {', '.join(f'`--backend {b}`' for b in backends)}."
         )
     return text
 
@@ -391,9 +445,26 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
-def _speed_cells(row: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
-    speedup = f"{base['latency_ms_b1'] / row['latency_ms_b1']:.2f}x" if base else "-"
-    return [_num(row["latency_ms_b1"], ".1f"), _num(row["throughput"], ".1f"), speedup]
+def _speed_cells(row: dict[str, Any]) -> list[str]:
+    same, eager = row.get("speedup_like_for_like"), row.get("speedup_vs_baseline_eager_fp32")
+    return [
+        _num(row["latency_ms_b1"], ".1f"),
+        _num(row["throughput"], ".1f"),
+        f"{same['latency_b1']:.2f}x" if same else "-",
+        f"{eager['latency_b1']:.2f}x" if eager else "-",
+    ]
+
+
+def _backend(row: dict[str, Any]) -> str:
+    """A row's backend, marked when `--backend auto` chose it."""
+    return f"{row['backend']} (auto)" if row.get("auto") else row["backend"]
+
+
+def _ratio(entry: dict[str, Any], seq: Any) -> str:
+    return (
+        f"{entry['latency_b1']:.2f}x end to end ({entry['fixed_b1']:.2f}x on one {seq}-token window, "
+        f"{entry['throughput']:.2f}x questions/s)"
+    )
 
 
 def _num(value: float | None, fmt: str = ".2f") -> str:

@@ -2,8 +2,10 @@
 
 One YAML file maps onto `Recipe`. The training sections are the configs of `finetune` and `distill`
 (`tinyroberta_es.config`); the sections here say how the run writes its training set (`split`), builds
-its starting encoder (`build`, for the smoke recipe), which models it evaluates and benchmarks, how it
-exports students and what their model cards say. `load_recipe` checks every key and names the offending one.
+its starting encoder (`build`, for the smoke recipe), which models it evaluates and benchmarks on which
+backends (`backends`: any key of `runtimes.CHOICES`, `auto` included), how it exports them (`export`: ONNX
+for an onnx* backend, OpenVINO for an openvino* one, both for `auto`; int8 for an int8 backend or `auto`)
+and what their model cards say. `load_recipe` checks every key and names the offending one.
 
 A student learns from the run's teacher, or from another student of the recipe (a teaching assistant:
 12 -> 6 -> 3 layers): its `teacher` (and its `student.folder`, for init folder-layers or pretrained) may
@@ -25,7 +27,7 @@ from tinyroberta_es.config import (
     from_dict,
 )
 from tinyroberta_es.errors import UserError
-from tinyroberta_es.runtimes import BACKENDS
+from tinyroberta_es.runtimes import CHOICES
 
 
 @dataclass
@@ -89,19 +91,31 @@ class EvaluateSection:
 
 @dataclass
 class ExportSection:
-    """How students become ONNX files (`tinyroberta-es export`), beside each student in `onnx/`."""
+    """How models become ONNX and OpenVINO files (`tinyroberta-es export`), beside each model in `onnx/`.
+
+    The formats follow `backends`: ONNX for an onnx* backend, OpenVINO for an openvino* one, both for `auto`
+    (which needs the openvino extra); int8 files when an int8 backend or `auto` is listed.
+    """
 
     quantize: str | None = "int8"  # int8 or null
     per_channel: bool = True  # per-tensor int8 lost 4.9 F1 on a fine-tuned me5-small, per-channel 0.5
-    max_f1_drop: float = 1.0  # a variant that loses more F1 on `dev` is kept as *.rejected.onnx, unused
+    max_f1_drop: float = 1.0  # a variant that loses more F1 on `dev` is kept as *.rejected.*, unused
     dev: str | None = None  # parity set; default: the first evaluation set
     dev_limit: int | None = 300
+    calibration: str | None = None  # OpenVINO int8 calibration set; default: `dev`, questions not checked
+    calibration_size: int = 128  # calibration windows (ExportConfig's default)
+    int8_method: str = "auto"  # OpenVINO int8: plain, accuracy-aware, or auto (the second when plain misses)
+    teacher: bool = False  # export the teacher too: it then runs on its own best backend (best against best)
 
     def __post_init__(self) -> None:
+        from tinyroberta_es.onnx_export import INT8_METHODS
+
         if self.quantize is not None:
             check_choice("export.quantize", self.quantize, ("int8",))
         check_positive("export.max_f1_drop", self.max_f1_drop, zero_ok=True)
         check_positive("export.dev_limit", self.dev_limit)
+        check_positive("export.calibration_size", self.calibration_size)
+        check_choice("export.int8_method", self.int8_method, INT8_METHODS)
 
 
 @dataclass
@@ -143,7 +157,7 @@ class Recipe:
     teacher: str | None = None  # an already fine-tuned QA teacher (folder or Hub id), instead of `finetune`
     finetune: FinetuneConfig | None = None
     distill: list[DistillConfig] = field(default_factory=list)
-    backends: list[str] = field(default_factory=lambda: ["pytorch", "onnx", "onnx-int8"])
+    backends: list[str] = field(default_factory=lambda: ["pytorch", "onnx", "onnx-int8"])  # runtimes.CHOICES
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     export: ExportSection = field(default_factory=ExportSection)
     bench: BenchSection = field(default_factory=BenchSection)
@@ -151,7 +165,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         for backend in self.backends:
-            check_choice("backends entry", backend, tuple(BACKENDS))
+            check_choice("backends entry", backend, CHOICES)
         names = [d.name for d in self.distill]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

@@ -1,7 +1,8 @@
 """The report of a `tinyroberta-es run`: `report.md`, a self-contained `report.html` and two plots.
 
 The input is the run's `summary.json` as a plain dict. Every table is built once as data (`accuracy_rows`,
-`speed_rows`, `export_rows`), the report once as a list of blocks, and the blocks are rendered twice:
+`speed_rows`, `speedup_rows`, `export_rows`), the report once as a list of blocks, and the blocks are
+rendered twice:
 markdown (plots by relative path) and HTML (inline CSS, plots as base64 data URIs, every summary string
 escaped), so both files always say the same thing.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from tinyroberta_es import atomic
 from tinyroberta_es.config import to_yaml
+from tinyroberta_es.summary import auto_choices
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,24 @@ ACCURACY_NOTE = (
 NO_EVALUATION = "No evaluation rows: the evaluation stage was not run."
 NO_CURVES = "No training curves: no model has a metrics log with rows."
 NO_SCATTER = "No F1-latency plot: the benchmark was not run or no benchmarked row has an F1."
+SPEEDUP_VIEWS = (  # key of the bench report's `speedups` -> its label
+    ("best_vs_best", "best against best"),
+    ("like_for_like", "like for like"),
+    ("vs_baseline_eager_fp32", "against {base} eager fp32"),
+)
+SPEEDUP_NOTE = (
+    "Every speedup is a ratio of medians measured in the same run, labelled by what it compares. Best "
+    "against best (the headline): each model on its own fastest backend, named, against {base} on its "
+    "fastest. Like for like: against {base} on the same backend. Against {base} eager fp32: against {base} "
+    "on pytorch. {seq} tok b1: the model call on one {seq}-token window, batch 1; e2e b1: one question end "
+    "to end (tokenise, model, extract), batch 1; questions/s @{batch}: end-to-end throughput. A backend "
+    "marked (auto) is the one --backend auto chose."
+)
+UNEXPORTED_TEACHER = (
+    "The teacher was not exported (export.teacher: false): its fastest backend is its fastest PyTorch one, "
+    "so best against best also credits the students with their export; set export.teacher: true to compare "
+    "each model on its own best engine."
+)
 Block = Heading | Para | Table | Image | Code
 
 
@@ -105,7 +125,8 @@ def blocks(summary: dict[str, Any], curves: Path | None, scatter: Path | None) -
         Heading("Size and speed"),
         *speed_blocks(summary),
         Heading("Export"),
-        Table(exports) if exports else Para("No student was exported to ONNX."),
+        *([Table(exports)] if exports else [Para("No model was exported to ONNX or OpenVINO.")]),
+        *[Para(text) for text in int8_notes(summary)],
     ]
     seeds = seed_rows(summary)
     if seeds:
@@ -144,12 +165,87 @@ def speed_blocks(summary: dict[str, Any]) -> list[Block]:
         out.append(Para(
             f"Device: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {threads} threads. "
             f"Batch {cfg.get('batch_size')}, {cfg.get('seq_len')} tokens per fixed-length window, "
-            f"{cfg.get('questions')} questions of {cfg.get('dataset')}; speedups against the first row."
+            f"{cfg.get('questions')} questions of {cfg.get('dataset')}; speedups below, each labelled."
         ))  # fmt: skip
+        out += speedup_blocks(summary)
+    choices = auto_choices(summary)
+    if choices:
+        out += [Para("Chosen by --backend auto (the fastest that passed the export's parity check):")]
+        out.append(Table([{"model": c["model"], "where": c["where"], "chose": c["chose"], "why": c["reason"],
+                           "candidates (batch 1)": c["candidates"]} for c in choices]))  # fmt: skip
     if skipped:
         cols = ("stage", "model", "backend", "reason")
         out += [Para("Skipped:"), Table([{c: str(s.get(c, "")) for c in cols} for s in skipped])]
     return out
+
+
+def headline(speedups: dict[str, Any], seq: Any, batch: Any) -> str:
+    """The headline speedup in words: best against best, both backends named."""
+    head, base = speedups.get("headline"), speedups.get("baseline_model") or "the teacher"
+    if not head:
+        return f"Headline (best against best): none; no other model was measured beside {base}."
+    backend = backend_label(head["backend"], head.get("auto"))
+    return (
+        f"Headline (best against best): {head['model']} on {backend}, its fastest backend, is "
+        f"{head['fixed_b1']:.1f}x faster than {head['baseline_model']} on {head['baseline_backend']}, "
+        f"its fastest (one {seq}-token window, batch 1, median); end to end {head['latency_b1']:.1f}x at "
+        f"batch 1 and {head['throughput']:.1f}x in questions/s @{batch}."
+    )
+
+
+def speedup_blocks(summary: dict[str, Any]) -> list[Block]:
+    """The bench report's labelled speedups: the headline, then one table of the three views."""
+    bench = summary.get("bench") or {}
+    speedups, cfg = bench.get("speedups"), bench.get("config", {})
+    seq, batch = cfg.get("seq_len", "?"), cfg.get("batch_size", "?")
+    if not speedups:
+        return [Para("No speedups: the benchmark report holds none; run the bench stage again.")]
+    base = speedups.get("baseline_model") or "the teacher"
+    out: list[Block] = [Para(headline(speedups, seq, batch))]
+    rows = speedup_rows(speedups, seq, batch)
+    out += [Table(rows)] if rows else []
+    out.append(Para(SPEEDUP_NOTE.format(base=base, seq=seq, batch=batch)))
+    export = (summary.get("recipe") or {}).get("export") or {}
+    exported = any(not r["backend"].startswith("pytorch") for r in bench.get("rows") or [])
+    if exported and not export.get("teacher"):
+        out.append(Para(UNEXPORTED_TEACHER))
+    return out
+
+
+def speedup_rows(speedups: dict[str, Any], seq: Any, batch: Any) -> list[dict[str, str]]:
+    """One row per entry of each labelled view; the teacher against itself on one backend left out."""
+    out = []
+    for key, label in SPEEDUP_VIEWS:
+        for e in speedups.get(key) or []:
+            against = (e["baseline_model"], e["baseline_backend"])
+            if (e["model"], e["backend"]) == against:  # the teacher against itself (or its own auto row)
+                continue
+            out.append({
+                "speedup": label.format(base=e["baseline_model"]), "model": e["model"],
+                "backend": backend_label(e["backend"], e.get("auto")), "against": " on ".join(against),
+                f"{seq} tok b1": f"{e['fixed_b1']:.1f}x", "e2e b1": f"{e['latency_b1']:.1f}x",
+                f"questions/s @{batch}": f"{e['throughput']:.1f}x",
+            })  # fmt: skip
+    return out
+
+
+def backend_label(backend: str, auto: Any) -> str:
+    """The backend, marked when `--backend auto` chose it."""
+    return f"{backend} (auto)" if auto else backend
+
+
+def int8_notes(summary: dict[str, Any]) -> list[str]:
+    """How each model's OpenVINO int8 was made: the method and the calibration set."""
+    notes = []
+    for model in summary.get("models", []):
+        for backend, how in ((model.get("export") or {}).get("int8") or {}).items():
+            windows, data = how.get("calibration_windows", "?"), how.get("calibration_set", "?")
+            own = ", the parity check's own" if how.get("calibration_overlaps_parity") else ""
+            notes.append(
+                f"{model['name']}, {backend}: {how.get('method', '?')}; {windows} calibration windows of "
+                f"{data} ({how.get('calibration_questions', '?')} questions{own})."
+            )
+    return notes
 
 
 def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -161,7 +257,8 @@ def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     teacher = summary.get("teacher")
     out = []
     for r in evaluation.get("rows") or []:
-        row = {"model": r["model"], "role": roles.get(r["model"], ""), "backend": r["backend"],
+        backend = backend_label(r["backend"], r.get("auto"))
+        row = {"model": r["model"], "role": roles.get(r["model"], ""), "backend": backend,
                "dataset": r["dataset"], "questions": str(r.get("questions", ""))}  # fmt: skip
         for norm in norms:
             scores = r.get("scores", {}).get(norm, {})
@@ -218,37 +315,40 @@ def baseline_note(summary: dict[str, Any]) -> str:
 
 
 def speed_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per benchmark row: size, latency, throughput, speedups and the row's F1."""
+    """One row per benchmark row: size, latency, throughput, labelled end-to-end speedups, the row's F1."""
     bench = summary.get("bench") or {}
     cfg = bench.get("config", {})
     batch = cfg.get("batch_size", "?")
     dataset = first_dataset(summary)
     out = []
     for r in bench.get("rows") or []:
-        e2e, speedup = r["latency_b1"], r["speedup_vs_first"]
-        params, size = r.get("params"), r.get("weights_bytes")
+        e2e, params, size = r["latency_b1"], r.get("params"), r.get("weights_bytes")
+        same, eager = r.get("speedup_like_for_like"), r.get("speedup_vs_baseline_eager_fp32")
         seq = r.get("seq_len", cfg.get("seq_len", "?"))
         f1 = f1_of(summary, r["model"], r["backend"], dataset)
         out.append({
-            "model": r["model"], "backend": r["backend"], "dtype": r.get("dtype", ""),
+            "model": r["model"], "backend": backend_label(r["backend"], r.get("auto")),
+            "dtype": r.get("dtype", ""),
             "params (M)": _num(params and params / 1e6, 2), "size MB": _num(size and size / 1e6, 1),
             "e2e b1 p50 / p90 / p99 ms": f"{e2e['p50']:.1f} / {e2e['p90']:.1f} / {e2e['p99']:.1f}",
             f"{seq} tok b1 ms": _num(r.get("fixed_ms_b1"), 1),
             f"questions/s @{batch}": _num(r.get("throughput"), 1),
-            f"speedup {seq} tok": f"{speedup['fixed_b1']:.1f}x",
-            "speedup e2e": f"{speedup['latency_b1']:.1f}x",
+            "e2e speedup like for like": _num(same and same["latency_b1"], 1, "x"),
+            "e2e speedup against teacher eager fp32": _num(eager and eager["latency_b1"], 1, "x"),
             f"F1 {dataset or ''}".strip(): _num(f1, 2),
         })  # fmt: skip
     return out
 
 
 def export_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per export variant of every exported student; variants over the F1 budget marked rejected."""
+    """One row per export variant of every exported model; over the F1 budget: rejected (files renamed) or
+    failed (a bf16 run of files its fp32-rest sibling keeps); either way left out of the run."""
     out = []
     for model in summary.get("models", []):
         export = model.get("export")
         for variant, v in ((export or {}).get("variants") or {}).items():
-            status = "rejected" if variant in export.get("rejected", []) else "kept"
+            failed = v.get("passed") is False  # a bf16 run over budget: its files kept for their sibling
+            status = "rejected" if variant in export.get("rejected", []) else "failed" if failed else "kept"
             out.append({
                 "model": model["name"], "variant": variant, "file": v.get("file", ""),
                 "F1": _num(v.get("f1"), 2), "F1 drop": _num(v.get("f1_drop"), 2),

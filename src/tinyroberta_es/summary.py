@@ -2,13 +2,15 @@
 
 The schema: `name`, `command`, `created`, `versions`, `recipe` (resolved), `teacher` (its name), `models`
 (name, role, folder, params, source (a student's: the folder it learned from), metrics_log, config, export:
-the parity report of its ONNX files; a student's `chain`: itself, then who taught whom back to the teacher;
-the teacher's `pretrained_copy`: the provenance of a converted local copy it started from), `evaluation`
-(datasets, normalizations, primary, rows of model x backend x dataset with `scores` per normalisation,
-each with 95% bootstrap intervals, and a student's `vs_teacher`: its paired F1 difference; `baselines`:
-the always-"no answer" score of each v2 set), `bench` (what `tinyroberta_es.bench.run_bench` returns,
-rows named as in the recipe, or None before the bench stage) and `skipped` (evaluations that could not
-run, with the reason).
+the parity report of its ONNX and OpenVINO files, the teacher's only with `export.teacher`; a student's
+`chain`: itself, then who taught whom back to the teacher; the teacher's `pretrained_copy`: the provenance
+of a converted local copy it started from), `evaluation` (datasets, normalizations, primary, rows of model
+x backend x dataset with `scores` per normalisation, each with 95% bootstrap intervals, and a student's
+`vs_teacher`: its paired F1 difference; `baselines`: the always-"no answer" score of each v2 set), `bench`
+(what `tinyroberta_es.bench.run_bench` returns, rows named as in the recipe, with its labelled `speedups`
+against the teacher; None before the bench stage) and `skipped` (evaluations that could not run, with the
+reason). A row of `--backend auto` (evaluation or bench) names the backend auto chose, with
+`backend_requested` "auto" and `auto`: the choice, its reason and what each candidate measured.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
     evaluation = (records.read("evaluate") or {}).get("result") or {"rows": [], "skipped": []}
     bench_file = out / "bench" / "bench.json"
     bench = json.loads(bench_file.read_text(encoding="utf-8")) if records.read("bench") else None
+    if bench is not None and "speedups" not in bench:  # a bench.json from before the labelled speedups
+        from tinyroberta_es.speedups import labelled_speedups
+
+        bench["speedups"] = labelled_speedups(bench["rows"], bench["config"]["models"][0])
     entries = []
     for name, folder in recipe.models().items():
         student = recipe.student_named(name) if name != "teacher" else None
@@ -43,7 +49,7 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
         log_file = Path(folder) / "metrics.jsonl"
         parity = Path(folder) / "onnx" / "parity.json"
         export = None
-        if name != "teacher" and parity.is_file():
+        if (name != "teacher" or recipe.export.teacher) and parity.is_file():
             p = json.loads(parity.read_text(encoding="utf-8"))
             export = {
                 "folder": str(parity.parent),
@@ -52,6 +58,7 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
                 "rejected": p.get("rejected", []),
                 "max_f1_drop": p["max_f1_drop"],
                 "variants": p["variants"],
+                "int8": p.get("int8") or {},  # how OpenVINO int8 was calibrated
             }
         source = recipe.finetune.model if name == "teacher" and recipe.finetune else recipe.teacher
         entries.append(
@@ -89,6 +96,31 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
     }
 
 
+def auto_choices(summary: dict[str, Any], model: str | None = None) -> list[dict[str, str]]:
+    """Every choice `--backend auto` made in the run (of `model`, when given): where (the benchmark, or the
+    evaluation on a set), the backend it chose, its reason, and each candidate's measured ms or why not."""
+    bench_rows = (summary.get("bench") or {}).get("rows") or []
+    eval_rows = (summary.get("evaluation") or {}).get("rows") or []
+    found = [("benchmark", r) for r in bench_rows] + [(f"evaluation, {r['dataset']}", r) for r in eval_rows]
+    return [
+        {
+            "model": r["model"],
+            "where": where,
+            "chose": r["auto"].get("chosen", r["backend"]),
+            "reason": r["auto"].get("reason", ""),
+            "candidates": "; ".join(_candidate(c) for c in r["auto"].get("candidates", [])),
+        }
+        for where, r in found
+        if r.get("auto") and model in (None, r["model"])
+    ]
+
+
+def _candidate(c: dict[str, Any]) -> str:
+    if "ms" in c:
+        return f"{c['backend']} {c['ms']:.1f} ms"
+    return f"{c['backend']} not measured ({c.get('skipped', '?')})"
+
+
 def _stage_times(records: StageRecords) -> dict[str, dict[str, Any]]:
     """When each recorded stage finished and how long it took, in the order they finished."""
     found = [r for r in (records.read(p.stem) for p in records.dir.glob("*.json")) if r is not None]
@@ -112,7 +144,7 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"tinyroberta_es": __version__}
-    for package in ("torch", "transformers", "onnxruntime"):
+    for package in ("torch", "transformers", "onnxruntime", "openvino", "nncf"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[package] = md.version(package)
     return out

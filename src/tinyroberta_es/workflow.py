@@ -4,10 +4,16 @@
     build      (recipes with a `build` section) a tiny encoder and tokenizer, made offline
     teacher    fine-tune `finetune.model` (`finetune`), or check and fetch the given QA `teacher`
     distill-*  one stage per student (`distill`), each after the students it reads (teaching assistants)
-    export-*   each student to ONNX fp32 and int8, with its parity check (`export`)
+    export-*   each student (and the teacher, with `export.teacher`) to ONNX and/or OpenVINO, fp32 and
+               int8, as `backends` needs (`export_formats`), with its parity check (`export`)
     evaluate   every model on every backend and every `evaluate.datasets` set, under mlqa-es and squad
     bench      every model on every backend (`bench`)
     report     summary.json, the report folder (report.md, report.html, plots) and each student's model card
+
+A backend that failed the export's parity check, or whose export is missing, is skipped with the reason
+(`unavailable`); the teacher, unless exported, runs on the PyTorch backends (and `auto`) only. With `auto`
+in `backends`, a row's `backend` is the backend auto chose, `backend_requested` is "auto" and `auto` holds
+the choice (`Runner.selection`: chosen, reason, candidates with their measured ms).
 
 Each stage is the code of the command of the same name, called as a function; `stages.StageRecords`
 skips finished stages and resumes interrupted ones. Files of the run folder (`recipe.output`):
@@ -206,17 +212,13 @@ def plan(recipe: Recipe, out: Path, command: str) -> list[Stage]:
                 outputs=[student.output],
             )
         )
-    export = recipe.export
-    exported = {"onnx", "onnx-int8"} & set(recipe.backends)
-    for student in students if exported else []:
-        settings = {**to_dict(export), "int8": "onnx-int8" in recipe.backends, **_windows(recipe)}
+    settings = {**to_dict(recipe.export), "formats": list(export_formats(recipe)), "int8": wants_int8(recipe)}
+    settings = {k: v for k, v in settings.items() if k != "teacher"} | _windows(recipe)
+    exported = [("teacher", teacher, "teacher")] if recipe.export.teacher else []
+    exported += [(s.name, s.output, f"distill-{s.name}") for s in students]
+    for name, folder, after in exported if export_formats(recipe) else []:
         stages.append(
-            Stage(
-                f"export-{student.name}",
-                settings,
-                lambda s=student: export_student(recipe, s.output),
-                after=[f"distill-{student.name}"],
-            )
+            Stage(f"export-{name}", settings, lambda f=folder: export_folder(recipe, f), after=[after])
         )
     trained = [s.name for s in stages if s.name not in ("split", "build")]
     stages.append(
@@ -299,31 +301,52 @@ def _windows(recipe: Recipe) -> dict[str, int]:
     return {"max_length": recipe.evaluate.max_length, "doc_stride": recipe.evaluate.doc_stride}
 
 
-def export_student(recipe: Recipe, folder: str) -> dict[str, Any]:
-    """ONNX (and int8) files in `<student>/onnx/`; a variant over the F1 budget is kept but not used."""
+def export_formats(recipe: Recipe) -> tuple[str, ...]:
+    """What the export stages write: onnx for an onnx* backend, openvino for an openvino* one, both for auto
+    (it chooses among every backend that passed parity); () when every backend is a PyTorch one."""
+    from tinyroberta_es.onnx_export import FORMATS
+
+    wanted = set(FORMATS) if "auto" in recipe.backends else {b.split("-")[0] for b in recipe.backends}
+    return tuple(f for f in FORMATS if f in wanted)
+
+
+def wants_int8(recipe: Recipe) -> bool:
+    """Whether the export stages quantise (with `export.quantize`): an int8 backend or auto is listed."""
+    return any("int8" in b or b == "auto" for b in recipe.backends)
+
+
+def export_folder(recipe: Recipe, folder: str) -> dict[str, Any]:
+    """The files of `export_formats` (int8 too, when `wants_int8`) in `<folder>/onnx/`, checked for parity;
+    a variant over the F1 budget is kept as *.rejected.* and, like a bf16 run over it, left out of the run."""
     from tinyroberta_es.onnx_export import ExportConfig, export_model
 
     e = recipe.export
     config = ExportConfig(
         model=folder,
-        quantize=e.quantize if "onnx-int8" in recipe.backends else None,
+        quantize=e.quantize if wants_int8(recipe) else None,
         per_channel=e.per_channel,
         dev=e.dev or recipe.evaluate.datasets[0],
         dev_limit=e.dev_limit,
         max_f1_drop=e.max_f1_drop,
+        formats=export_formats(recipe),
+        calibration=e.calibration,
+        calibration_size=e.calibration_size,
+        int8_method=e.int8_method,
         **_windows(recipe),
     )
     report = export_model(config, strict=False)
-    for backend in report["rejected"]:
+    failed = [b for b, row in report["variants"].items() if row.get("passed") is False]
+    for backend in dict.fromkeys([*report["rejected"], *failed]):
         log.warning(
-            "%s: %s loses %.2f F1 on %s (budget %.2f): kept as *.rejected.onnx and left out of the run",
+            "%s: %s loses %.2f F1 on %s (budget %.2f): %sleft out of the run",
             folder,
             backend,
             report["variants"][backend]["f1_drop"],
             config.dev,
             e.max_f1_drop,
+            "kept as *.rejected.* and " if backend in report["rejected"] else "",
         )
-    return {"folder": str(config.output_dir), "rejected": report["rejected"]}
+    return {"folder": str(config.output_dir), "formats": list(config.formats), "rejected": report["rejected"]}
 
 
 def evaluate_models(recipe: Recipe, out: Path) -> dict[str, Any]:
@@ -350,7 +373,8 @@ def _pair_with_teacher(rows: list[dict[str, Any]], out: Path) -> None:
     from tinyroberta_es.bootstrap import paired_difference
 
     def question_f1(row: dict[str, Any]) -> dict[str, list[float]] | None:
-        path = out / f"{row['model']}.{row['backend']}.{_slug(row['dataset'])}.json"
+        backend = row.get("backend_requested", row["backend"])  # auto rows are saved under "auto"
+        path = out / f"{row['model']}.{backend}.{_slug(row['dataset'])}.json"
         saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         return saved.get("question_f1")
 
@@ -394,27 +418,40 @@ def _no_answer_baseline(recipe: Recipe, dataset: str) -> dict[str, Any] | None:
 
 
 def backends_of(recipe: Recipe, name: str) -> list[str]:
-    """The backends a model runs on: all of the recipe's for students; the teacher is not exported."""
-    if name == "teacher":
-        return [b for b in recipe.backends if not b.startswith("onnx")]
+    """The backends a model runs on: all of the recipe's, but only the PyTorch ones and auto for a teacher
+    that is not exported (`export.teacher`)."""
+    from tinyroberta_es.runtimes import engine_of
+
+    if name == "teacher" and not recipe.export.teacher:
+        return [b for b in recipe.backends if b == "auto" or engine_of(b) == "torch"]
     return list(recipe.backends)
 
 
 def unavailable(folder: str, backend: str) -> str | None:
-    """Why `backend` cannot run the model in `folder` (no export, or an export the parity check rejected)."""
+    """Why `backend` cannot run the model in `folder`: no export, or one whose parity check it failed
+    (rejected: its files renamed *.rejected.*; or a bf16 run of kept files over budget, or never checked)."""
     import json
 
     from tinyroberta_es.bench import missing_export
+    from tinyroberta_es.runtimes import ONNX_DIR, engine_of, export_command
 
-    parity = Path(folder).expanduser() / "onnx" / "parity.json"
-    if backend.startswith("onnx") and parity.is_file():
-        report = json.loads(parity.read_text(encoding="utf-8"))
-        if backend in report.get("rejected", []):
-            drop = report["variants"][backend]["f1_drop"]
-            return (
-                f"rejected by the export's parity check: loses {drop:.2f} F1 on {report['dev']} "
-                f"(budget {report['max_f1_drop']:.2f}); see {parity}"
-            )
+    parity = Path(folder).expanduser() / ONNX_DIR / "parity.json"
+    if backend == "auto" or engine_of(backend) == "torch" or not parity.is_file():
+        return missing_export(folder, backend)
+    report = json.loads(parity.read_text(encoding="utf-8"))
+    row, budget = report.get("variants", {}).get(backend), report["max_f1_drop"]
+    if row is None:
+        return missing_export(folder, backend) or (
+            f"not in the export's parity check {parity} (a bf16 backend needs a CPU with bf16): run "
+            f"{export_command(folder, backend)}"
+        )
+    rejected = backend in report.get("rejected", [])
+    if rejected or row.get("passed") is False or row.get("f1_drop", 0.0) > budget:
+        what = "rejected by" if rejected else "failed"
+        return (
+            f"{what} the export's parity check: loses {row['f1_drop']:.2f} F1 on {report['dev']} "
+            f"(budget {budget:.2f}); see {parity}"
+        )
     return missing_export(folder, backend)
 
 
@@ -446,7 +483,8 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
         threads=recipe.bench.threads,
     )
     answerer = QuestionAnswerer.from_pretrained(folder, config)
-    log.info("evaluating %s (%s) on %d questions of %s", name, backend, len(examples), dataset)
+    runner = answerer.runner  # with auto: the backend it chose, and why
+    log.info("evaluating %s (%s) on %d questions of %s", name, runner.name, len(examples), dataset)
     predictions = answerer.predict(examples, progress=True)
     answers = {p.id: p.text for p in predictions}
     na_probs = {p.id: p.null_score_diff for p in predictions} if data.is_v2 else None
@@ -461,11 +499,12 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
         question_f1[norm] = list(per_question.f1)
     row = {
         "model": name,
-        "backend": backend,
+        "backend": runner.name,
+        "backend_requested": backend,
         "dataset": dataset,
         "questions": len(examples),
         "scores": scores,
-    }
+    } | ({"auto": runner.selection} if runner.selection is not None else {})
     saved = {
         "settings": settings,
         "model_mtime": _mtime(folder, backend),
@@ -478,14 +517,20 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
 
 
 def _mtime(folder: str, backend: str) -> float | None:
-    """When the weights a backend reads were written: a newer model makes an old evaluation stale."""
-    from tinyroberta_es.runtimes import onnx_path
+    """When the files a backend reads were written (an IR's .xml and .bin): a newer model or export makes
+    an old evaluation stale. For auto: every file it chooses among, and the parity report it chooses by."""
+    from tinyroberta_es.runtimes import BACKENDS, ONNX_DIR, engine_of, ir_path, onnx_path
 
-    if backend.startswith("onnx"):
-        weights = [Path(onnx_path(folder, backend))]
-    else:
-        weights = list(Path(folder).expanduser().glob("*.safetensors"))
-    return max((p.stat().st_mtime for p in weights if p.is_file()), default=None)
+    root, backends = Path(folder).expanduser(), list(BACKENDS) if backend == "auto" else [backend]
+    files = list(root.glob("*.safetensors")) if any(engine_of(b) == "torch" for b in backends) else []
+    for b in backends:
+        if engine_of(b) == "ort":
+            files.append(onnx_path(folder, b))
+        elif engine_of(b) == "ov":
+            files += [ir_path(folder, b), ir_path(folder, b).with_suffix(".bin")]
+    if backend == "auto":
+        files.append(root / ONNX_DIR / "parity.json")
+    return max((p.stat().st_mtime for p in files if p.is_file()), default=None)
 
 
 def _slug(text: str) -> str:
@@ -493,15 +538,51 @@ def _slug(text: str) -> str:
 
 
 def bench_models(recipe: Recipe, out: Path) -> dict[str, Any]:
-    """Time every model on every backend; bench.json/md/png in `out`; rows named as in the recipe."""
-    from tinyroberta_es.bench import BenchConfig, model_names, run_bench
+    """Time every model on every backend; bench.json/md/png in `out`; rows named as in the recipe.
+
+    A backend whose files are there but that failed the export's parity check is not timed (skipped, with
+    the reason): `run_bench` times every model on every backend it is given, so the models are timed in
+    groups that share their backends (one group, one call, unless such a backend exists).
+    """
+    from tinyroberta_es.bench import missing_export
     from tinyroberta_es.commands.bench import write_report
 
-    b = recipe.bench
     named = recipe.models()
+    groups: dict[tuple[str, ...], list[str]] = {}  # backends -> the models timed on them
+    left_out = []
+    for name, folder in named.items():
+        timed = []
+        for backend in recipe.backends:
+            reason = unavailable(folder, backend) if backend in backends_of(recipe, name) else None
+            if reason and missing_export(folder, backend) is None:  # its files are there: it would run
+                left_out.append({"model": name, "backend": backend, "reason": reason})
+            else:
+                timed.append(backend)
+        groups.setdefault(tuple(timed), []).append(name)
+    reports = [_bench_group(recipe, {n: named[n] for n in names}, list(b)) for b, names in groups.items()]
+    measured = [r for r in reports if r is not None]
+    if not measured:
+        raise UserError("nothing was benchmarked: every backend of every model lacks its export")
+    report = _merge(measured, recipe, left_out)
+    skipped = [s for s in report["skipped"] if s["backend"] in backends_of(recipe, s["model"])]
+    for s in skipped:
+        s["reason"] = unavailable(named[s["model"]], s["backend"]) or s["reason"]
+    report["skipped"] = skipped
+    write_report(report, out)  # the labelled speedups, against the teacher (the first model)
+    return {"file": str(out / "bench.json")}
+
+
+def _bench_group(recipe: Recipe, named: dict[str, str], backends: list[str]) -> dict[str, Any] | None:
+    """`run_bench` on these models and backends, rows renamed as in the recipe; None when none can run."""
+    from tinyroberta_es.bench import BenchConfig, missing_export, model_names, run_bench
+
+    runs = any(b == "auto" or missing_export(f, b) is None for f in named.values() for b in backends)
+    if not runs:
+        return None
+    b = recipe.bench
     config = BenchConfig(
         models=list(named.values()),
-        backends=list(recipe.backends),
+        backends=backends,
         dataset=b.dataset,
         questions=b.questions,
         batch_size=b.batch_size,
@@ -514,13 +595,26 @@ def bench_models(recipe: Recipe, out: Path) -> dict[str, Any]:
     by_label = dict(zip(model_names(config.models), named, strict=True))
     for row in [*report["rows"], *report["skipped"]]:
         row["model"] = by_label[row["model"]]
-    skipped = [s for s in report["skipped"] if s["backend"] in backends_of(recipe, s["model"])]
-    for s in skipped:
-        s["reason"] = unavailable(named[s["model"]], s["backend"]) or s["reason"]
-    report["skipped"] = skipped
-    report["baseline"]["model"] = report["rows"][0]["model"]
-    write_report(report, out)
-    return {"file": str(out / "bench.json")}
+    for row in report["rows"]:
+        row["backend_requested"] = "auto" if "auto" in row else row["backend"]
+    return report
+
+
+def _merge(reports: list[dict[str, Any]], recipe: Recipe, left_out: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bench report of the groups' reports: the first's machine and peaks, every row in recipe order
+    (model, then backend), `speedup_vs_first` against the first row, the backends left out skipped."""
+    from tinyroberta_es.speedups import add_speedups
+
+    report = reports[0]
+    models, backends = list(recipe.models()), list(recipe.backends)
+    rows = [r for rep in reports for r in rep["rows"]]
+    rows.sort(key=lambda r: (models.index(r["model"]), backends.index(r["backend_requested"])))
+    add_speedups(rows, "speedup_vs_first")
+    report["rows"] = rows
+    report["skipped"] = [s for rep in reports for s in rep["skipped"]] + left_out
+    report["baseline"] = {"model": rows[0]["model"], "backend": rows[0]["backend"]}
+    report["config"] |= {"models": list(recipe.models().values()), "backends": backends}
+    return report
 
 
 def write_report(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
