@@ -53,6 +53,8 @@ def model_dir(tmp_path: Path) -> Path:
         "tensorboard/events.out.tfevents.1700000000.host.1.0",
         "onnx/model.onnx",
         "onnx/model.int8.rejected.onnx",
+        "onnx/model.int8.rejected.xml",
+        "onnx/model.int8.rejected.bin",
         "onnx/parity.json",
     ]
     for name in files:
@@ -88,7 +90,7 @@ def test_push_uploads_the_folder(capsys, model_dir: Path, no_hub: list) -> None:
     assert create["token"] == "hf_x"
     assert upload["repo_id"] == REPO and upload["token"] == "hf_x" and upload["revision"] is None
     assert upload["folder_path"] == str(model_dir)
-    assert "checkpoint/*" in upload["ignore_patterns"] and "*.rejected.onnx" in upload["ignore_patterns"]
+    assert "checkpoint/*" in upload["ignore_patterns"] and "*.rejected.*" in upload["ignore_patterns"]
     assert f"https://hf.co/{REPO}" in out
 
 

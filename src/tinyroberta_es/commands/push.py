@@ -23,7 +23,7 @@ IGNORE_PATTERNS = [
     "tensorboard/*",
     "*events.out.tfevents*",
     "train_state.json",
-    "*.rejected.onnx",  # failed the export's F1 budget
+    "*.rejected.*",  # failed the export's F1 budget (ONNX, and the .xml/.bin of an OpenVINO IR)
     "*.tmp",  # a write that was interrupted
 ]
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
