@@ -36,7 +36,12 @@ BUDGET = 1.0  # F1 points: issue 11's "int8 of a trained model within 1 F1 of it
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a trained QA model folder")
-    parser.add_argument("--calibration", required=True, help="the model's training set (SQuAD json)")
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration set (SQuAD json), e.g. the model's training set; default: the XQuAD-es questions "
+        "after the first --questions (held out of training and of the check)",
+    )
     parser.add_argument("--name", required=True, help="names the result file: int8-parity-NAME.json")
     parser.add_argument("--questions", type=int, default=300, help="XQuAD-es questions (default 300)")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per window (default 256)")
