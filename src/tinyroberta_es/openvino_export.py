@@ -26,10 +26,9 @@ import numpy as np
 
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.runtimes import import_openvino
+from tinyroberta_es.runtimes.ov import INSTALL_HINT
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'tinyroberta-es[openvino]'"
 
 
 def import_nncf() -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.model_folder import first_line
 from tinyroberta_es.runtimes.ort import ONNX_DIR
 from tinyroberta_es.runtimes.runner import Forward, Runner
 
@@ -84,8 +85,7 @@ def ov_runner(path: str | Path, *, name: str, precision: str, threads: int | Non
             },
         )
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"openvino cannot load {path}: {first}; export it again") from None
+        raise UserError(f"openvino cannot load {path}: {first_line(err)}; export it again") from None
     forward = compiled_forward(compiled)
     path = Path(path)
     groups = matmul_precisions(compiled)
