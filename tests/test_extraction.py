@@ -46,19 +46,44 @@ def one_window(start: dict[int, float], end: dict[int, float], **kwargs) -> Pred
     return extract_answers([example], features, logits(n, start)[None], logits(n, end)[None], **kwargs)[0]
 
 
-def test_hand_made_scores_rank_spans_and_softmax_gives_their_probabilities():
+def test_hand_made_scores_rank_spans_and_window_softmaxes_give_their_probabilities():
     # start: Gabriel 5, García 3; end: García 1, Márquez 4; every other position 0. Pairs of at most two
     # words: García Márquez 3+4, Gabriel García 5+1, Gabriel 5+0, then García 3+1 and Márquez 0+4.
     pred = one_window({Q: 5.0, Q + 1: 3.0}, {Q + 1: 1.0, Q + 2: 4.0}, top_k=3, max_answer_length=2)
     assert [s.text for s in pred.answers] == ["García Márquez", "Gabriel García", "Gabriel"]
     assert [s.score for s in pred.answers] == [7.0, 6.0, 5.0]
     assert pred.answers[0] == Span("García Márquez", 8, 22, 7.0, pred.answers[0].probability)
-    probs = np.exp(np.array([7.0, 6.0, 5.0]) - 7.0)
-    np.testing.assert_allclose([s.probability for s in pred.answers], probs / probs.sum())
-    assert pred.text == "García Márquez" and not pred.is_null
+    # Softmaxes over the 6 context tokens only (no null threshold: CLS is not part of them).
+    p_start = np.exp([5.0, 3.0, 0, 0, 0, 0]) / np.exp([5.0, 3.0, 0, 0, 0, 0]).sum()
+    p_end = np.exp([0, 1.0, 4.0, 0, 0, 0]) / np.exp([0, 1.0, 4.0, 0, 0, 0]).sum()
+    expected = [p_start[1] * p_end[2], p_start[0] * p_end[1], p_start[0] * p_end[0]]
+    np.testing.assert_allclose([s.probability for s in pred.answers], expected)
+    assert pred.text == "García Márquez" and not pred.is_null and pred.null_probability == 0.0
     assert pred.null_score_diff == 0.0 - 7.0  # CLS logits are 0
     for span in pred.answers:
         assert CONTEXT[span.start : span.end] == span.text
+
+
+@pytest.mark.parametrize("null_threshold", [None, 0.0])
+def test_probabilities_do_not_depend_on_top_k_and_sum_to_at_most_one(null_threshold):
+    rng = np.random.default_rng(3)
+    n = Q + len(WORDS) + 1
+    start, end = rng.normal(size=(1, n)), rng.normal(size=(1, n))
+    features = make_features([WORDS], [0])
+    example = [Example(id="e", question="¿Quién?", context=CONTEXT)]
+    by_k = {
+        k: extract_answers(example, features, start, end, top_k=k, null_threshold=null_threshold)[0]
+        for k in (1, 3, 20)
+    }
+    best = by_k[1].answers[0]
+    assert 0.0 < best.probability < 1.0
+    for k, pred in by_k.items():
+        assert pred.answers[0] == best, k
+        assert [s.probability for s in pred.answers] == [s.probability for s in by_k[20].answers[:k]]
+        assert pred.null_probability == by_k[1].null_probability
+    all_spans = by_k[20].answers
+    assert len(all_spans) == 20 and sum(s.probability for s in all_spans) + by_k[20].null_probability <= 1.0
+    assert (by_k[1].null_probability > 0.0) == (null_threshold is not None)
 
 
 def test_max_answer_length_counts_tokens():
@@ -124,8 +149,54 @@ def test_null_score_is_the_smallest_cls_score_over_windows_and_the_threshold_dec
     assert run(-7.0).is_null and run(-7.0).text == ""
     kept = run(-6.0)  # diff == threshold: not above it
     assert not kept.is_null and kept.text == "Gabriel García"
-    np.testing.assert_allclose(kept.answers[0].probability + kept.null_probability, 1.0)
-    np.testing.assert_allclose(kept.null_probability, 1 / (1 + math.exp(6.0)))
+    # The null probability comes from the deciding window (the second: null score 2 < 6), whose softmaxes
+    # run over CLS (logit 1) and 4 context tokens (logit 0); the span's from its own window, the first
+    # (CLS 3, Gabriel 4 or García 4, and 3 more context tokens at 0).
+    np.testing.assert_allclose(kept.null_probability, (math.e / (math.e + 4)) ** 2)
+    np.testing.assert_allclose(
+        kept.answers[0].probability, (math.exp(4) / (math.exp(3) + math.exp(4) + 3)) ** 2
+    )
+    assert run(-7.0).null_probability == kept.null_probability
+
+
+# "García" and "Aracataca" cut into subwords, as a tokenizer may do.
+SUBWORDS = [(0, 7), (8, 11), (11, 14), (15, 22), (23, 28), (29, 31), (32, 37), (37, 41)]
+
+
+def subword_prediction(start: dict[int, float], end: dict[int, float], **kwargs) -> Prediction:
+    features = make_features([SUBWORDS], [0])
+    n = Q + len(SUBWORDS) + 1
+    example = Example(id="e", question="¿Quién?", context=CONTEXT)
+    return extract_answers([example], features, logits(n, start)[None], logits(n, end)[None], **kwargs)[0]
+
+
+def test_align_to_words_widens_spans_that_cut_a_word_and_merges_what_becomes_the_same():
+    # Best: "cía Márquez" (subwords 2..3), then "García Márquez" (1..3): the same span once widened.
+    start, end = {Q + 2: 6.0, Q + 1: 5.0}, {Q + 3: 6.0}
+    cut = subword_prediction(start, end, top_k=2, max_answer_length=3, align_to_words=False)
+    assert [s.text for s in cut.answers] == ["cía Márquez", "García Márquez"]
+    whole = subword_prediction(start, end, top_k=2, max_answer_length=3)  # align_to_words is the default
+    assert whole.answers[0] == Span("García Márquez", 8, 22, 12.0, cut.answers[0].probability)
+    assert [s.text for s in whole.answers].count("García Márquez") == 1  # the worse duplicate is dropped
+    # An end inside a word: "en Araca" -> "en Aracataca"; a span already on word boundaries is unchanged.
+    assert subword_prediction({Q + 5: 9.0}, {Q + 6: 9.0}).text == "en Aracataca"
+    assert subword_prediction({Q + 5: 9.0}, {Q + 6: 9.0}, align_to_words=False).text == "en Araca"
+    assert subword_prediction({Q + 4: 9.0}, {Q + 5: 9.0}).text == "nació en"
+
+
+def test_align_to_words_stops_at_punctuation_and_at_a_leading_space():
+    context = "Gabriel García-Pérez"
+    offsets = [(0, 7), (7, 14), (14, 15), (15, 18), (18, 20)]  # Metaspace-like " García", "-", "Pér", "ez"
+    features = make_features([offsets], [0])
+    n = Q + len(offsets) + 1
+    example = [Example(id="e", question="¿?", context=context)]
+
+    def run(s: int, e: int) -> list[Prediction]:
+        return extract_answers(example, features, logits(n, {s: 9.0})[None], logits(n, {e: 9.0})[None])
+
+    assert run(Q + 1, Q + 1)[0].text == "García"  # stripped first: the space is not inside a word
+    assert run(Q + 3, Q + 3)[0].text == "Pérez"  # widened right only; "-" is not alphanumeric
+    assert run(Q + 1, Q + 3)[0].text == "García-Pérez"
 
 
 def test_n_best_limits_the_candidate_starts_and_ends_per_window():

@@ -4,10 +4,20 @@ Per window: keep the `n_best` best start and end tokens among context tokens, sc
 broadcasting (`start[:, None] + end[None, :]`), drop pairs that end before they start or run longer than
 `max_answer_length` tokens. Per example: gather the pairs of all its windows, map them to character spans,
 strip surrounding whitespace (SentencePiece offsets include the space before a word), drop empty spans and
-duplicates (overlapping windows see the same span), and keep the `top_k` best.
+duplicates (overlapping windows see the same span: the best-scoring one is kept), and keep the `top_k` best.
+With `align_to_words` (the default, as in Hugging Face's question-answering pipeline), a stripped span that
+starts or ends inside a word (between two alphanumeric characters, `str.isalnum`) is widened to whole words
+before duplicates are dropped: widening can make two candidates one, and the better one is kept.
 
 The null ("no answer") score of an example is the smallest ``start[0] + end[0]`` (the CLS/<s> position) over
 its windows, as in Hugging Face's SQuAD v2 recipe.
+
+Probabilities do not depend on `top_k`. Per window, the start logits and the end logits each go through a
+softmax over that window's context tokens, plus position 0 (CLS/<s>) when a null threshold is set (v2 models:
+the null answer lives in the same space). A span's probability is ``p_start[s] * p_end[e]`` in the window it
+was taken from; the null probability is ``p_start[0] * p_end[0]`` in the window whose null score the decision
+uses. Within one window the spans and the null answer are disjoint events, so their probabilities sum to at
+most 1; spans taken from different windows of a long context are scored in different windows and need not.
 """
 
 from __future__ import annotations
@@ -32,7 +42,9 @@ class Span:
     start: int
     end: int
     score: float
-    probability: float = 0.0  # softmax over the example's kept spans (and the null answer when thresholded)
+    # p_start[start token] * p_end[end token], each a softmax over the context tokens of the window the
+    # span was taken from (plus CLS/<s> when a null threshold is set): the same whatever top_k
+    probability: float = 0.0
 
 
 @dataclass
@@ -43,7 +55,8 @@ class Prediction:
     answers: list[Span] = field(default_factory=list)
     null_score_diff: float = math.inf  # null score minus best span score (+inf when there is no span)
     is_null: bool = True
-    null_probability: float = 0.0  # share of the null answer in the softmax (0 without a threshold)
+    # p_start[0] * p_end[0] in the window with the smallest null score (0.0 without a null threshold)
+    null_probability: float = 0.0
 
     @property
     def text(self) -> str:
@@ -61,12 +74,14 @@ def extract_answers(
     n_best: int = 20,
     max_answer_length: int = 30,
     null_threshold: float | None = None,
+    align_to_words: bool = True,
 ) -> list[Prediction]:
     """One `Prediction` per example, in example order, from per-window logits.
 
     `start_logits`/`end_logits` are (N, T) arrays with T at least the longest window (positions past a
     window's end are ignored), or N 1-D arrays. With `null_threshold` None (SQuAD v1 models) the best span
     is always the answer; with a float, the answer is null when ``null_score_diff > null_threshold``.
+    With `align_to_words`, spans that cut a word are widened to whole words.
     """
     for name, value in (("top_k", top_k), ("n_best", n_best), ("max_answer_length", max_answer_length)):
         if value < 1:
@@ -84,7 +99,8 @@ def extract_answers(
     # Each window contributes its best max(n_best, top_k) pairs: every pair among an example's n_best best
     # (what the Hugging Face recipe keeps) is among its own window's n_best best, and memory stays bounded.
     keep = max(n_best, top_k)
-    null = np.full(len(examples), np.inf)  # (E,) min over windows of start[0] + end[0]
+    window_null = np.empty(n)  # (N,) start[0] + end[0] of each window
+    window_norm = np.empty(n)  # (N,) log of the start softmax's denominator plus the end softmax's
     parts: list[tuple[np.ndarray, ...]] = []
     for lo in range(0, n, _WINDOWS_PER_CHUNK):
         hi = min(lo + _WINDOWS_PER_CHUNK, n)
@@ -92,29 +108,73 @@ def extract_answers(
         width = offsets.shape[1]
         start = _rows(start_logits, lo, hi, width)  # (C, T)
         end = _rows(end_logits, lo, hi, width)
-        np.minimum.at(null, features.example_index[lo:hi], start[:, 0] + end[:, 0])
+        domain = offsets[..., 0] >= 0  # (C, T) what the softmaxes run over: context tokens ...
+        if null_threshold is not None:
+            domain[:, 0] = True  # ... and the null answer's position for v2 models
+        window_norm[lo:hi] = _log_sum_exp(start, domain) + _log_sum_exp(end, domain)
+        window_null[lo:hi] = start[:, 0] + end[:, 0]
         window, char_start, char_end, score = _window_candidates(
             start, end, offsets, n_best=n_best, keep=keep, max_answer_length=max_answer_length
         )
-        parts.append((features.example_index[lo + window], char_start, char_end, score))
+        log_prob = score - window_norm[lo + window]  # log(p_start * p_end) in the span's own window
+        parts.append((features.example_index[lo + window], char_start, char_end, score, log_prob))
 
     if parts:
-        cand_example, cand_start, cand_end, cand_score = (np.concatenate(c) for c in zip(*parts, strict=True))
+        cand_example, cand_start, cand_end, cand_score, cand_log_prob = (
+            np.concatenate(c) for c in zip(*parts, strict=True)
+        )
     else:
         cand_example = cand_start = cand_end = np.empty(0, np.int64)
-        cand_score = np.empty(0)
+        cand_score = cand_log_prob = np.empty(0)
     order = np.lexsort((-cand_score, cand_example))  # by example, best score first
-    cand_example, cand_start, cand_end, cand_score = (
-        x[order] for x in (cand_example, cand_start, cand_end, cand_score)
+    cand_example, cand_start, cand_end, cand_score, cand_log_prob = (
+        x[order] for x in (cand_example, cand_start, cand_end, cand_score, cand_log_prob)
     )
     bounds = np.searchsorted(cand_example, np.arange(len(examples) + 1))  # (E + 1,)
+    null, null_log_prob = _null_per_example(features.example_index, window_null, window_norm, len(examples))
 
     predictions = []
     for e, example in enumerate(examples):
         a, b = bounds[e], bounds[e + 1]
-        spans = _best_spans(example.context, cand_start[a:b], cand_end[a:b], cand_score[a:b], top_k)
-        predictions.append(_decide(example.id, spans, float(null[e]), null_threshold))
+        spans = _best_spans(
+            example.context,
+            cand_start[a:b],
+            cand_end[a:b],
+            cand_score[a:b],
+            cand_log_prob[a:b],
+            top_k,
+            align_to_words,
+        )
+        null_probability = math.exp(null_log_prob[e]) if null_threshold is not None else 0.0
+        predictions.append(_decide(example.id, spans, float(null[e]), null_probability, null_threshold))
     return predictions
+
+
+def _log_sum_exp(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per row, log(sum(exp(logits))) over the positions where `mask` holds, (C,); -inf for an empty row."""
+    masked = np.where(mask, logits, -np.inf)  # (C, T)
+    top = masked.max(axis=1, initial=-np.inf)  # (C,)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):  # log(0) = -inf for an empty row
+        return shift + np.log(np.exp(masked - shift[:, None]).sum(axis=1))
+
+
+def _null_per_example(
+    example_index: np.ndarray, window_null: np.ndarray, window_norm: np.ndarray, n_examples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per example, the smallest null score over its windows and log(p_start[0] * p_end[0]) in that window.
+
+    (E,) each; +inf and -inf for an example without windows. Ties go to the first window.
+    """
+    null = np.full(n_examples, np.inf)
+    log_prob = np.full(n_examples, -np.inf)
+    order = np.lexsort((window_null, example_index))  # by example, smallest null score first (stable)
+    ex = example_index[order]
+    first = np.flatnonzero(np.r_[True, ex[1:] != ex[:-1]]) if len(ex) else np.empty(0, np.int64)
+    chosen = order[first]  # the deciding window of each example that has windows
+    null[ex[first]] = window_null[chosen]
+    log_prob[ex[first]] = window_null[chosen] - window_norm[chosen]
+    return null, log_prob
 
 
 def _rows(logits: np.ndarray | Sequence[np.ndarray], lo: int, hi: int, width: int) -> np.ndarray:
@@ -155,48 +215,68 @@ def _window_candidates(
 
 
 def _best_spans(
-    context: str, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, top_k: int
+    context: str,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    scores: np.ndarray,
+    log_probs: np.ndarray,
+    top_k: int,
+    align_to_words: bool,
 ) -> list[Span]:
-    """Walk candidates best first: strip whitespace, skip empty and repeated spans, stop at `top_k`."""
+    """Walk candidates best first: strip whitespace, widen to words, skip empty and repeated spans, stop at
+    `top_k`."""
     spans: list[Span] = []
     seen: set[tuple[int, int]] = set()
-    for s, e, score in zip(starts.tolist(), ends.tolist(), scores.tolist(), strict=True):
+    for s, e, score, log_prob in zip(
+        starts.tolist(), ends.tolist(), scores.tolist(), log_probs.tolist(), strict=True
+    ):
         raw = context[s:e]
         text = raw.strip()
         if not text:
             continue
         s += len(raw) - len(raw.lstrip())
         e = s + len(text)
+        if align_to_words:
+            s, e = _widen_to_words(context, s, e)
         if (s, e) in seen:
             continue
         seen.add((s, e))
-        spans.append(Span(text=text, start=s, end=e, score=score))
+        spans.append(Span(text=context[s:e], start=s, end=e, score=score, probability=math.exp(log_prob)))
         if len(spans) == top_k:
             break
     return spans
 
 
+def _widen_to_words(context: str, start: int, end: int) -> tuple[int, int]:
+    """[start, end) grown to whole words where it cuts one (an alphanumeric character on both sides)."""
+    while start > 0 and context[start - 1].isalnum() and context[start].isalnum():
+        start -= 1
+    while end < len(context) and context[end].isalnum() and context[end - 1].isalnum():
+        end += 1
+    return start, end
+
+
 def _decide(
-    example_id: str, spans: list[Span], null_score: float, null_threshold: float | None
+    example_id: str,
+    spans: list[Span],
+    null_score: float,
+    null_probability: float,
+    null_threshold: float | None,
 ) -> Prediction:
-    """Attach probabilities and make the no-answer decision for one example."""
+    """Make the no-answer decision for one example (its spans already carry their probabilities)."""
     if not spans:
         return Prediction(
             id=example_id,
             answers=[],
             null_score_diff=math.inf,
             is_null=True,
-            null_probability=1.0 if null_threshold is not None else 0.0,
+            null_probability=null_probability,
         )
-    scores = np.array([s.score for s in spans] + ([null_score] if null_threshold is not None else []))
-    probs = np.exp(scores - scores.max())
-    probs /= probs.sum()
-    spans = [Span(s.text, s.start, s.end, s.score, float(p)) for s, p in zip(spans, probs, strict=False)]
     diff = null_score - spans[0].score
     return Prediction(
         id=example_id,
         answers=spans,
         null_score_diff=float(diff),
         is_null=null_threshold is not None and diff > null_threshold,
-        null_probability=float(probs[-1]) if null_threshold is not None else 0.0,
+        null_probability=null_probability,
     )
