@@ -4,13 +4,17 @@ prediction files, the --output JSON, the errors."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
 from tinyroberta_es.cli import main
 from tinyroberta_es.data.loading import load_dataset
+from tinyroberta_es.evaluation import evaluate_predictions
+from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
 
 CONTEXT = "El Real Madrid ganó la Liga en 1605 con Miguel de Cervantes."
 
@@ -124,6 +128,24 @@ def test_v2_one_normalization_with_na_probs(
     assert report["exact_ci"] == [0.0, 100.0] and report["f1_ci"] == [80.0, 100.0]  # v2: named after `exact`
     assert report["normalization"] == "squad" and "other_normalizations" not in report
     assert (report["na_probs"], report["na_prob_thresh"]) == (str(na_probs), 1.0)
+
+
+def test_v2_na_probs_file_with_null_writes_standard_json(tmp_path: Path, capsys) -> None:
+    # q2 had no span: a null-odds file (predict --null-odds-output) has null (+inf); gold "." normalises to ""
+    qas = [qa("q1", ["El Real Madrid"], v2=True), qa("q2", ["."], v2=True)]
+    data = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": CONTEXT, "qas": qas}]}]}
+    dataset = write_json(tmp_path / "dev-v2.json", data)
+    preds = write_json(tmp_path / "preds.json", {"q1": "Real Madrid", "q2": ""})
+    na_probs = tmp_path / "na.json"
+    na_probs.write_text('{"q1": 0.2, "q2": null}', encoding="utf-8")
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--dataset", str(dataset), "--predictions", str(preds), "--na-probs", str(na_probs)]
+    assert main([*argv, "--normalization", "mlqa-es", "--output", str(out)]) == 0
+    report = strict_report(out)
+    # q2 abstains at every threshold (+inf > 1.0): answerable, so 0; q1 right. Best: answer both, "" being
+    # right for q2: 2 of 2 at +inf, written null
+    assert (report["exact"], report["best_exact"], report["best_exact_thresh"]) == (50.0, 100.0, None)
+    assert "probabilities: --na-probs" in report["headline"]
 
 
 def test_v2_threshold_flag(v2_files: tuple[Path, Path, Path], capsys) -> None:
@@ -303,7 +325,13 @@ def test_bootstrap_zero_turns_the_intervals_off(sample_dev, tmp_path: Path, caps
     other = write_json(tmp_path / "b.json", {qid: "" for qid, _ in sample_dev})
     argv = ["--predictions", str(preds), "--compare", str(other), "--bootstrap", "0"]
     lines, report = evaluate_sample(capsys, tmp_path, *argv)
-    assert len(lines) == 4 and not any("95% bootstrap" in line or "95% CI" in line for line in lines)
+    assert len(lines) == 5 and not any("95% bootstrap" in line or "95% CI" in line for line in lines)
+    assert lines[3] == (
+        'scores above: the predictions as written ("" is no answer), then the official --na-prob-thresh '
+        '1.0 ("" where the no-answer probability exceeds it; probabilities: 0.0 for every question: no '
+        "--na-probs)"
+    )
+    assert report["headline"] == lines[3].removeprefix("scores above: ")
     assert not any(key.endswith("_ci") for key in report) and "bootstrap" not in report
     assert not any(key.endswith("_ci") for key in report["other_normalizations"]["squad"])
     unanswerable = 100 * sum(1 for _, gold in sample_dev if not gold) / len(sample_dev)
@@ -354,3 +382,192 @@ def test_compare_file_missing_a_v2_prediction(
     argv = ["evaluate", "--dataset", str(dataset), "--predictions", str(preds), "--compare", str(partial)]
     status, _, err = run_cli(capsys, *argv)
     assert_one_line_error(status, err, f"--compare {partial}: 1 of 2 questions have no prediction ('q2')")
+
+
+# --- --model on v2 data: the model's own null decision, then the official threshold on probabilities -------
+
+# What a model gives each question: its best span (None: no span) and null score - best span score (logits)
+MODEL_OUTPUT = {
+    "a": ("Real Madrid", 1.5),  # right; answered at --null-threshold 2.0, but 1.5 > 1.0
+    "b": ("Liga", 0.5),  # unanswerable, answered
+    "c": ("1605", 3.0),  # unanswerable, abstained at 2.0
+    "d": ("Cervantes", -1.0),  # partly right
+    "e": (None, math.inf),  # no span at all; its gold "." normalises to nothing, so "" is right
+}
+MODEL_GOLDS = {"a": ["El Real Madrid"], "b": [], "c": [], "d": ["Miguel de Cervantes"], "e": ["."]}
+
+
+def null_probability(diff: float) -> float:
+    """A stand-in for the model's null probability: increasing in the difference, 1.0 without a span."""
+    return 1.0 / (1.0 + math.exp(-diff)) if math.isfinite(diff) else 1.0
+
+
+def own_answers(threshold: float) -> dict[str, str]:
+    """The model's answers at a null threshold: "" where the difference exceeds it."""
+    return {qid: text if text and diff <= threshold else "" for qid, (text, diff) in MODEL_OUTPUT.items()}
+
+
+@pytest.fixture
+def fake_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, list]:
+    """A v2 dataset of MODEL_GOLDS, and `evaluate --model`'s predictions replaced by MODEL_OUTPUT, decided
+    as extraction decides (is_null where the difference exceeds --null-threshold, or without a span).
+    Returns the dataset and the list of null thresholds the command passed to the model."""
+    from tinyroberta_es.commands import evaluate
+    from tinyroberta_es.extraction import Prediction, Span
+
+    seen: list = []
+
+    def predict_examples(args, examples):
+        seen.append(args.null_threshold)
+        predictions = []
+        for ex in examples:
+            text, diff = MODEL_OUTPUT[ex.id]
+            spans = (
+                []
+                if text is None
+                else [Span(text, CONTEXT.index(text), CONTEXT.index(text) + len(text), 1.0)]
+            )
+            is_null = not spans or (args.null_threshold is not None and diff > args.null_threshold)
+            predictions.append(Prediction(ex.id, spans, diff, is_null, null_probability(diff)))
+        return predictions, SimpleNamespace(name="pytorch", selection=None)
+
+    monkeypatch.setattr(evaluate, "predict_examples", predict_examples)
+    qas = [qa(qid, golds, v2=True) for qid, golds in MODEL_GOLDS.items()]
+    data = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": CONTEXT, "qas": qas}]}]}
+    return write_json(tmp_path / "dev-v2.json", data), seen
+
+
+def strict_report(path: Path) -> dict:
+    """The JSON file parsed as standard JSON: NaN and Infinity raise."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{path} holds {name}, which is not standard JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def best_over_thresholds(dataset, key: str, normalization: str) -> float:
+    """The best score any null threshold gives, each scored independently from the model's answers."""
+    diffs = sorted({diff for _, diff in MODEL_OUTPUT.values() if math.isfinite(diff)})
+    return max(
+        evaluate_predictions(dataset, own_answers(t), normalization=normalization)[key]
+        for t in [diffs[0] - 1.0, *diffs]
+    )
+
+
+def test_model_v2_headline_is_the_models_own_decision(fake_model, tmp_path: Path, capsys) -> None:
+    dataset_path, seen = fake_model
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--dataset", str(dataset_path), "--model", "m", "--null-threshold", "2.0"]
+    status, stdout, err = run_cli(capsys, *argv, "--bootstrap", "0", "--output", str(out))
+    assert status == 0, err
+    assert seen == [2.0]
+    report = strict_report(out)  # the span-less example writes no Infinity
+    dataset = load_dataset(str(dataset_path), bad_spans="keep")
+    own = evaluate_predictions(dataset, own_answers(2.0), normalization="mlqa-es")
+    assert (report["exact"], report["f1"]) == pytest.approx((own["exact"], own["f1"]))
+    # the old headline, the logit differences read as probabilities against 1.0, differs: "a" abstains
+    diffs = {qid: diff for qid, (_, diff) in MODEL_OUTPUT.items()}
+    old = evaluate_predictions(dataset, own_answers(2.0), diffs, 1.0, normalization="mlqa-es")
+    assert old["exact"] < own["exact"] and old["f1"] < own["f1"]
+    # the official best_* are searched on the model's null probabilities
+    probs = {qid: null_probability(diff) for qid, diff in diffs.items()}
+    official = evaluate_predictions(dataset, own_answers(2.0), probs, 1.0, normalization="mlqa-es")
+    assert {k: report[k] for k in official} == pytest.approx(official)
+    assert report["null_threshold"] == 2.0 and report["null_threshold_source"] == "--null-threshold"
+    assert report["na_probs"] == "the model's null_probability" and report["na_prob_thresh"] == 1.0
+    headline = (
+        'the model\'s answers at --null-threshold 2.0 ("" where null score - best span score, in logits, '
+        'exceeds it), then the official --na-prob-thresh 1.0 ("" where the no-answer probability exceeds it; '
+        "probabilities: the model's null_probability)"
+    )
+    assert report["headline"] == headline and f"scores above: {headline}" in stdout.splitlines()
+    # the best null threshold in logits, per normalisation: the best any threshold gives, and it gives it
+    searches = {
+        "mlqa-es": report["null_threshold_search"],
+        "squad": report["other_normalizations"]["squad"]["null_threshold_search"],
+    }
+    for name, search in searches.items():
+        assert (search["searched_on"], search["questions"]) == (str(dataset_path), len(MODEL_OUTPUT))
+        assert "optimistic" in search["note"]
+        for key in ("exact", "f1"):
+            assert search[f"best_{key}"] == pytest.approx(best_over_thresholds(dataset, key, name))
+            at_best = own_answers(search[f"best_{key}_null_threshold"])
+            assert evaluate_predictions(dataset, at_best, normalization=name)[key] == search[f"best_{key}"]
+        prefix = (
+            f"best --null-threshold searched on these {len(MODEL_OUTPUT)} questions (optimistic), {name}: "
+        )
+        line = next(line for line in stdout.splitlines() if line.startswith(prefix))
+        assert f"F1 {search['best_f1']:.2f} at {search['best_f1_null_threshold']:.4f}" in line
+
+
+def test_model_v2_default_null_threshold_and_official_threshold(fake_model, tmp_path: Path, capsys) -> None:
+    dataset_path, seen = fake_model
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--dataset", str(dataset_path), "--model", "m", "--normalization", "squad"]
+    status, _, err = run_cli(capsys, *argv, "--na-prob-thresh", "0.5", "--output", str(out))
+    assert status == 0, err
+    assert seen == [0.0]  # no --null-threshold on v2 data: 0.0, as the run pipeline evaluates
+    report = strict_report(out)
+    assert (report["null_threshold"], report["null_threshold_source"]) == (0.0, "default on v2 data")
+    assert "--null-threshold 0.0, the default on v2 data" in report["headline"]
+    assert "--na-prob-thresh 0.5" in report["headline"]
+    # then the official threshold on the model's probabilities: "" where they exceed 0.5
+    dataset = load_dataset(str(dataset_path), bad_spans="keep")
+    probs = {qid: null_probability(diff) for qid, (_, diff) in MODEL_OUTPUT.items()}
+    expected = evaluate_predictions(dataset, own_answers(0.0), probs, 0.5, normalization="squad")
+    assert (report["exact"], report["f1"]) == pytest.approx((expected["exact"], expected["f1"]))
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--na-prob-thresh", "inf"], "--na-prob-thresh inf is not a finite number"),
+        (["--null-threshold", "nan"], "--null-threshold nan is not a finite number"),
+    ],
+)
+def test_model_non_finite_thresholds(fake_model, capsys, flags: list[str], expected: str) -> None:
+    dataset_path, _ = fake_model
+    status, _, err = run_cli(capsys, "evaluate", "--dataset", str(dataset_path), "--model", "m", *flags)
+    assert_one_line_error(status, err, expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random QA model with a BPE tokenizer trained on the embedded sample."""
+    root = tmp_path_factory.mktemp("tiny-eval")
+    tokenizer_dir = train_tokenizer("bpe", spanish_texts(), root / "tokenizer", vocab_size=1000)
+    return create_tiny_qa_model(root / "model", tokenizer_dir, max_length=96, seed=1)
+
+
+def test_model_v2_end_to_end_matches_predict_and_its_own_best_threshold(
+    tiny_model: Path, tmp_path: Path, capsys
+) -> None:
+    flags = ["--dataset", "sample_dev", "--max-length", "96", "--doc-stride", "32", "--bootstrap", "0"]
+    model = ["--model", str(tiny_model)]
+    _, report = evaluate_sample_flags(capsys, tmp_path, *model, *flags[2:])
+    assert report["null_threshold"] == 0.0
+    # the same answers as `predict` at the same threshold, scored as a file without --na-probs
+    preds = tmp_path / "preds.json"
+    status, _, err = run_cli(
+        capsys, "predict", *model, *flags[:6], "--null-threshold", "0.0", "--output", str(preds)
+    )
+    assert status == 0, err
+    _, from_file = evaluate_sample_flags(capsys, tmp_path, "--predictions", str(preds), "--bootstrap", "0")
+    assert (report["exact"], report["f1"]) == (from_file["exact"], from_file["f1"])
+    # the best null threshold, passed back, gives the best score it promised
+    search = report["null_threshold_search"]
+    threshold = search["best_f1_null_threshold"]
+    _, again = evaluate_sample_flags(
+        capsys, tmp_path, *model, *flags[2:], "--null-threshold", repr(threshold)
+    )
+    assert again["f1"] == pytest.approx(search["best_f1"])
+    assert again["null_threshold_search"] == search  # the search does not depend on the threshold used
+
+
+def evaluate_sample_flags(capsys, tmp_path: Path, *flags: str) -> tuple[list[str], dict]:
+    """`evaluate --dataset sample_dev FLAGS --output ...`, its stdout lines and its report parsed strictly."""
+    out = tmp_path / "eval.json"
+    status, stdout, err = run_cli(capsys, "evaluate", "--dataset", "sample_dev", *flags, "--output", str(out))
+    assert status == 0, err
+    return stdout.splitlines(), strict_report(out)

@@ -18,16 +18,16 @@ from tinyroberta_es.evaluation import (
     exact_match,
     f1_v1,
     f1_v2,
+    find_best_null_threshold,
     find_best_threshold,
     mlqa_punctuation,
     normalize_mlqa_en,
     normalize_mlqa_es,
     normalize_squad,
-    read_na_probs,
-    read_predictions,
     score_v1,
     score_v2,
 )
+from tinyroberta_es.prediction_files import read_na_probs, read_predictions
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 XQUAD_ES = SHARED / "data" / "xquad_es" / "xquad.es.json"
@@ -295,6 +295,115 @@ def test_v2_requires_every_prediction_and_probability() -> None:
         evaluate_predictions(dataset, V2_PREDS, na_prob_thresh=math.nan)
 
 
+# --- The model's own null threshold, in logits ------------------------------------------------------------
+
+
+def brute_force_null_threshold(
+    dataset: QADataset, spans: dict[str, str], diffs: dict[str, float], key: str, normalization: str
+) -> tuple[float, list[float]]:
+    """The best score over every decision a threshold can make, and the thresholds that reach it.
+
+    Independent of the sweep: each candidate is scored by `evaluate_predictions` on the answers a model
+    gives at that threshold ("" where the difference exceeds it).
+    """
+    finite = sorted({d for d in diffs.values() if math.isfinite(d)})
+    candidates = [finite[0] - 1.0, *finite] if finite else [0.0]
+    scores = {}
+    for t in candidates:
+        answers = {qid: spans[qid] if diffs[qid] <= t else "" for qid in spans}
+        scores[t] = evaluate_predictions(dataset, answers, normalization=normalization)[key]
+    best = max(scores.values())
+    return best, [t for t, score in scores.items() if score == pytest.approx(best)]
+
+
+def score_at(dataset: QADataset, spans: dict, diffs: dict, threshold: float, key: str, norm: str) -> float:
+    answers = {qid: spans[qid] if diffs[qid] <= threshold else "" for qid in spans}
+    return evaluate_predictions(dataset, answers, normalization=norm)[key]
+
+
+def test_best_null_threshold_hand_computed() -> None:
+    dataset = make_dataset(
+        {"a": ["Real Madrid"], "b": ["Miguel de Cervantes"], "c": [], "d": [], "e": ["x"]}, is_v2=True
+    )
+    spans = {"a": "Real Madrid", "b": "Cervantes", "c": "Liga", "d": "1605", "e": ""}
+    diffs = {"a": -2.0, "b": 0.5, "c": 1.0, "d": 0.5, "e": math.inf}  # e: no span, "" at every threshold
+    # abstaining everywhere: c, d right -> 2 of 5. Answering in order of difference (gains EM / F1, squad):
+    # a (-2.0): +1 / +1; b and d tie at 0.5: b +0 / +0.5 (P 1, R 1/3), d -1 / -1; c (1.0): -1 / -1.
+    # EM 2 -> 3 at -2.0 -> 2 at 0.5 -> 1: best 3 at -2.0, threshold halfway to 0.5 = -0.75.
+    # F1 2 -> 3 -> 2.5 -> 1.5: best 3 at -2.0 as well
+    best = find_best_null_threshold(dataset, spans, diffs)
+    assert best == {
+        "best_exact": 60.0,
+        "best_exact_null_threshold": -0.75,
+        "best_f1": 60.0,
+        "best_f1_null_threshold": -0.75,
+    }
+    # d abstains instead (no span): the tie at 0.5 now adds +0 (EM), which keeps the lower threshold, and
+    # +0.5 (F1): F1 3.5 when answering up to 0.5, threshold halfway to 1.0
+    best = find_best_null_threshold(dataset, {**spans, "d": ""}, diffs)
+    assert (best["best_exact"], best["best_exact_null_threshold"]) == (60.0, -0.75)
+    assert (best["best_f1"], best["best_f1_null_threshold"]) == (70.0, 0.75)
+
+
+def test_best_null_threshold_edges() -> None:
+    # answering everything is best: 1 above the largest difference
+    both = make_dataset({"a": ["sí"], "b": ["no"]}, is_v2=True)
+    best = find_best_null_threshold(both, {"a": "sí", "b": "no"}, {"a": 2.0, "b": 3.0})
+    assert (best["best_f1"], best["best_f1_null_threshold"]) == (100.0, 4.0)
+    dataset = make_dataset({"a": ["sí"], "b": []}, is_v2=True)
+    # abstaining everywhere is best: 1 below the smallest
+    best = find_best_null_threshold(dataset, {"a": "no", "b": "no"}, {"a": 2.0, "b": 3.0})
+    assert (best["best_exact"], best["best_exact_null_threshold"]) == (50.0, 1.0)
+    # no span at all: nothing to search
+    best = find_best_null_threshold(dataset, {"a": "", "b": ""}, {"a": math.inf, "b": math.inf})
+    assert best == {
+        "best_exact": 50.0,
+        "best_exact_null_threshold": None,
+        "best_f1": 50.0,
+        "best_f1_null_threshold": None,
+    }
+
+
+@pytest.mark.parametrize("normalization", ["squad", "mlqa-es"])
+def test_best_null_threshold_matches_a_brute_force_search(normalization: str) -> None:
+    rng = random.Random(normalization)
+    words = ["el", "Real", "Madrid", "ganó", "la", "Liga", "1605", "Cervantes", "."]
+    for _ in range(30):
+        golds, spans, diffs = {}, {}, {}
+        for i in range(rng.randint(1, 12)):
+            qid = f"q{i}"
+            golds[qid] = [] if rng.random() < 0.3 else [" ".join(rng.sample(words, rng.randint(1, 3)))]
+            has_span = rng.random() < 0.85
+            spans[qid] = " ".join(rng.sample(words, rng.randint(1, 3))) if has_span else ""
+            diffs[qid] = (
+                rng.choice([-1.5, -0.5, 0.0, 0.25, 2.0, rng.uniform(-3, 3)]) if has_span else math.inf
+            )
+        dataset = make_dataset(golds, is_v2=True)
+        found = find_best_null_threshold(dataset, spans, diffs, normalization)
+        for key in ("exact", "f1"):
+            best, _ = brute_force_null_threshold(dataset, spans, diffs, key, normalization)
+            assert found[f"best_{key}"] == pytest.approx(best)
+            threshold = found[f"best_{key}_null_threshold"]
+            if any(math.isfinite(d) for d in diffs.values()):
+                assert math.isfinite(threshold)
+                # passed back as the model's --null-threshold, it gives the best score
+                assert score_at(dataset, spans, diffs, threshold, key, normalization) == pytest.approx(best)
+            else:
+                assert threshold is None
+
+
+def test_best_null_threshold_rejects_bad_input() -> None:
+    v2 = make_dataset({"a": ["sí"], "b": []}, is_v2=True)
+    with pytest.raises(
+        UserError, match=r"1 of 2 questions have no span answer or null score difference \('b'\)"
+    ):
+        find_best_null_threshold(v2, {"a": "sí", "b": ""}, {"a": 0.0})
+    with pytest.raises(UserError, match=r"need a SQuAD v2\.0 dataset"):
+        find_best_null_threshold(make_dataset({"a": ["sí"]}), {"a": "sí"}, {"a": 0.0})
+    with pytest.raises(ValueError, match=r"1 null score differences are NaN \('a'\)"):
+        find_best_null_threshold(v2, {"a": "sí", "b": ""}, {"a": math.nan, "b": 1.0})
+
+
 # --- Prediction files --------------------------------------------------------------------------------------
 
 
@@ -352,13 +461,19 @@ def test_read_predictions_missing_or_unreadable(tmp_path: Path) -> None:
 
 
 def test_read_na_probs_rejects_bad_values(tmp_path: Path) -> None:
-    path = write(tmp_path / "na.json", '{"a": NaN, "b": "0.5", "c": true, "d": 0.5, "e": null}')
+    path = write(tmp_path / "na.json", '{"a": NaN, "b": "0.5", "c": true, "d": 0.5, "e": null, "f": [1]}')
     with pytest.raises(
         UserError,
-        match=r"na\.json: 4 ids have a value that is not a number "
-        r"\('a': NaN, 'b': string, 'c': boolean, 'e': null\)",
+        match=r"na\.json: 4 ids have a value that is not a number or null "
+        r"\('a': NaN, 'b': string, 'c': boolean, 'f': array\)",
     ):
         read_na_probs(path)
+
+
+def test_read_na_probs_reads_null_as_no_answer_at_every_threshold(tmp_path: Path) -> None:
+    # null is what a standard JSON writer gives a question without any span (null score difference +inf)
+    path = write(tmp_path / "na.json", '{"q1": 0.5, "q2": null, "q3": -2}')
+    assert read_na_probs(path) == {"q1": 0.5, "q2": math.inf, "q3": -2.0}
 
 
 # --- Real data ---------------------------------------------------------------------------------------------

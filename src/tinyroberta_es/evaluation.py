@@ -8,6 +8,10 @@ Three answer normalisers (`NORMALIZERS`) and two scoring semantics:
   F1 is 1 when both sides have no tokens and 0 when only one has; optional no-answer probabilities, a
   threshold on them, and the best threshold found by a sweep.
 
+A model's own no-answer decision is a different threshold, in its own units: it answers "" where the null
+score minus its best span score (logits) exceeds `--null-threshold`. `find_best_null_threshold` sweeps that
+threshold on a v2 dataset; the official `na_probs` and `na_prob_thresh` are probabilities, applied after it.
+
 Any normaliser goes with either semantics: `normalization="mlqa-es"` on a v2 dataset is the v2.0 script
 with MLQA's Spanish normaliser. `evaluate_with_question_scores` also returns the score of each question behind
 the totals, which `bootstrap.py` resamples for confidence intervals.
@@ -16,7 +20,6 @@ the totals, which `bootstrap.py` resamples for confidence intervals.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import re
@@ -24,12 +27,12 @@ import string
 import sys
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from tinyroberta_es.data.schema import Example, QADataset
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.prediction_files import first_ids
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +187,72 @@ def find_best_threshold(
     return 100.0 * best / len(scores), best_threshold
 
 
+def find_best_null_threshold(
+    dataset: QADataset,
+    span_answers: Mapping[str, str],
+    null_score_diffs: Mapping[str, float],
+    normalization: str = "squad",
+) -> dict[str, float | None]:
+    """The model's null threshold (logits) that maximises exact match, and the one for F1, on `dataset`.
+
+    A model answers "" where `null_score_diffs[id] > threshold` (null score minus best span score,
+    `extraction.Prediction.null_score_diff`) and `span_answers[id]`, its best span, elsewhere; an example
+    without a span (difference +inf) has "" at every threshold. Every threshold is tried: each answers the
+    questions whose difference is at most it, ties together, scored with v2 semantics. Returns `best_exact`
+    and `best_f1` (percent) with `best_exact_null_threshold` and `best_f1_null_threshold`: the midpoint of
+    the gap between the last difference answered and the next one (a value rounded for printing decides the
+    same), 1 below the smallest finite difference when abstaining everywhere is best (lowest threshold wins
+    ties), 1 above the largest when answering every span is; None when no example has a span. Found on the
+    questions it scores, the best scores are optimistic: pass the threshold to other data.
+    """
+    normalize = get_normalizer(normalization)
+    if not dataset.is_v2:
+        raise UserError(f"null thresholds need a SQuAD v2.0 dataset, but {dataset.source} is not one")
+    examples = {ex.id: ex for ex in dataset.examples}  # a repeated id counts once, as in _evaluate_v2
+    missing = [qid for qid in examples if qid not in span_answers or qid not in null_score_diffs]
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(examples)} questions have no span answer or null score difference "
+            f"({first_ids(missing)}): give both for every question"
+        )
+    nan = [qid for qid in examples if math.isnan(null_score_diffs[qid])]
+    if nan:
+        raise ValueError(f"{len(nan)} null score differences are NaN ({first_ids(nan)})")
+    result: dict[str, float | None] = {}
+    for key, field in (("exact", 0), ("f1", 1)):
+        abstain = {
+            qid: score_v2("", [a.text for a in ex.answers], normalize)[field] for qid, ex in examples.items()
+        }
+        gain = {  # what answering the span instead of "" adds
+            qid: score_v2(span_answers[qid], [a.text for a in ex.answers], normalize)[field] - abstain[qid]
+            for qid, ex in examples.items()
+        }
+        diffs = sorted({null_score_diffs[qid] for qid in examples if math.isfinite(null_score_diffs[qid])})
+        if not diffs:
+            result[f"best_{key}"] = 100.0 * sum(abstain.values()) / len(examples)
+            result[f"best_{key}_null_threshold"] = None
+            continue
+        by_diff: dict[float, float] = dict.fromkeys(diffs, 0.0)
+        for qid in examples:
+            if math.isfinite(null_score_diffs[qid]):
+                by_diff[null_score_diffs[qid]] += gain[qid]
+        current = best = sum(abstain.values())
+        answered = -1  # index in `diffs` of the largest difference answered at the best threshold
+        for i, diff in enumerate(diffs):
+            current += by_diff[diff]
+            if current > best:
+                best, answered = current, i
+        if answered < 0:
+            threshold = diffs[0] - 1.0
+        elif answered == len(diffs) - 1:
+            threshold = diffs[-1] + 1.0
+        else:
+            threshold = (diffs[answered] + diffs[answered + 1]) / 2
+        result[f"best_{key}"] = 100.0 * best / len(examples)
+        result[f"best_{key}_null_threshold"] = threshold
+    return result
+
+
 # --- Whole datasets ----------------------------------------------------------------------------------------
 
 
@@ -199,12 +268,6 @@ class QuestionScores:
     ids: tuple[str, ...]
     exact: tuple[float, ...]
     f1: tuple[float, ...]
-
-
-def _first(ids: Iterable[str], n: int = 5) -> str:
-    ids = list(ids)
-    shown = ", ".join(repr(i) for i in ids[:n])
-    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
 def _summary(
@@ -223,7 +286,7 @@ def _evaluate_v1(
     no_gold = [ex.id for ex in examples if not ex.answers]
     if no_gold:
         raise UserError(
-            f"{len(no_gold)} questions of a v1 dataset have no gold answer ({_first(no_gold)}): "
+            f"{len(no_gold)} questions of a v1 dataset have no gold answer ({first_ids(no_gold)}): "
             "v1 scoring needs one per question; use a SQuAD v2.0 file for unanswerable questions"
         )
     missing = [ex.id for ex in examples if ex.id not in predictions]
@@ -232,7 +295,7 @@ def _evaluate_v1(
             "%d of %d questions have no prediction and score 0 (%s)",
             len(missing),
             len(examples),
-            _first(missing),
+            first_ids(missing),
         )
     per_exact: list[float] = []
     per_f1: list[float] = []
@@ -262,7 +325,7 @@ def _evaluate_v2(
     missing = [ex.id for ex in examples if ex.id not in predictions]
     if missing:
         raise UserError(
-            f"{len(missing)} of {len(examples)} questions have no prediction ({_first(missing)}): "
+            f"{len(missing)} of {len(examples)} questions have no prediction ({first_ids(missing)}): "
             'v2 evaluation needs a prediction for every question (the empty string "" means no answer)'
         )
     if na_probs is not None:
@@ -270,7 +333,7 @@ def _evaluate_v2(
         if missing:
             raise UserError(
                 f"{len(missing)} of {len(examples)} questions have no no-answer probability "
-                f"({_first(missing)}): "
+                f"({first_ids(missing)}): "
                 "give one for every question, or no probabilities at all"
             )
     # Dicts keyed by id, as in the official script (a repeated id is scored once, with its last occurrence).
@@ -348,89 +411,3 @@ def evaluate_with_question_scores(
             f"v{dataset.version.lstrip('v')}: drop them, or evaluate on a v2.0 file"
         )
     return _evaluate_v1(dataset.examples, predictions, normalize)
-
-
-# --- Reading prediction files ------------------------------------------------------------------------------
-
-
-class _Pairs(list):
-    """A JSON object as its (key, value) pairs in file order, so that repeated keys can be reported."""
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, _Pairs):
-        return "object"
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    names = {
-        bool: "boolean",
-        int: "number",
-        float: "number",
-        str: "string",
-        list: "array",
-        type(None): "null",
-    }
-    return names.get(type(value), type(value).__name__)
-
-
-def _read_pairs(path: str | Path, kind: str, expected: str) -> list[tuple[str, object]]:
-    """The top-level (key, value) pairs of the JSON object in `path`; UserError naming the file and fix."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f, object_pairs_hook=_Pairs)
-    except FileNotFoundError:
-        raise UserError(f"{kind} file {path} does not exist: check the path") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{kind} file {path} is not valid JSON ({err}): write {expected}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise UserError(
-            f"{kind} file {path} cannot be read ({reason}): give a readable UTF-8 JSON file"
-        ) from None
-    if not isinstance(data, _Pairs):
-        raise UserError(
-            f"{kind} file {path} holds a JSON {_json_type(data)}, not an object: write {expected}"
-        )
-    return list(data)
-
-
-def _check_pairs(pairs: list[tuple[str, object]], is_bad: Callable[[object], bool], want: str) -> list[str]:
-    """Problems with the pairs: repeated ids, and values for which `is_bad` is true (`want`: the fix)."""
-    problems = []
-    counts = Counter(key for key, _ in pairs)
-    repeated = [key for key, n in counts.items() if n > 1]
-    if repeated:
-        problems.append(f"{len(repeated)} ids appear more than once ({_first(repeated)})")
-    bad = [(key, value) for key, value in pairs if is_bad(value)]
-    if bad:
-        shown = ", ".join(f"{key!r}: {_json_type(value)}" for key, value in bad[:5])
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        problems.append(f"{len(bad)} ids have a value that is not {want} ({shown}{more})")
-    return problems
-
-
-def read_predictions(path: str | Path) -> dict[str, str]:
-    """Read an official predictions file: a JSON object from question id to answer text, in file order."""
-    expected = '{"question id": "answer text", ...} with "" for no answer'
-    pairs = _read_pairs(path, "predictions", expected)
-    problems = _check_pairs(pairs, lambda value: not isinstance(value, str), "a string")
-    if problems:
-        raise UserError(f"predictions file {path}: {'; '.join(problems)}: write {expected}")
-    return dict(pairs)  # type: ignore[arg-type]
-
-
-def _is_bad_probability(value: object) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value)
-
-
-def read_na_probs(path: str | Path) -> dict[str, float]:
-    """Read a no-answer probability file: a JSON object from question id to a number, in file order.
-
-    The order is kept because it breaks ties in the best-threshold search, as in the official v2.0 script.
-    """
-    expected = '{"question id": number, ...} (higher means more likely unanswerable)'
-    pairs = _read_pairs(path, "no-answer probabilities", expected)
-    problems = _check_pairs(pairs, _is_bad_probability, "a number")
-    if problems:
-        raise UserError(f"no-answer probabilities file {path}: {'; '.join(problems)}: write {expected}")
-    return {key: float(value) for key, value in pairs}  # type: ignore[arg-type]

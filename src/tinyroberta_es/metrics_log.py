@@ -101,8 +101,10 @@ class MetricsLog:
         log.info("eval at step %d: %s%s", step, shown, " (best so far: saved)" if best else "")
 
     def _write(self, row: dict[str, Any], section: str) -> None:
+        # Standard JSON: a diverged loss (NaN or inf) is written as null, the log line above shows its value.
+        line = json.dumps(_finite(row), ensure_ascii=False, allow_nan=False)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(line + "\n")
         if self.writer is not None:
             flat = row.get("eval", row)
             for name, value in flat.items():
@@ -128,3 +130,14 @@ def _keep_rows_through(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue
     atomic.write_text(path, "".join(kept))
+
+
+def _finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None."""
+    if isinstance(obj, float):
+        return atomic.finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -456,8 +456,9 @@ def training_curves(summary: dict[str, Any]) -> dict[str, tuple[list[tuple[float
         if path is None or not path.is_file():
             continue
         rows = read_metrics_log(path)
-        loss = [(r["step"], r["loss"]) for r in rows if "eval" not in r and "loss" in r]
-        evals = [r for r in rows if isinstance(r.get("eval"), dict) and "f1" in r["eval"]]
+        # null marks a non-finite value (a diverged run): no point to plot
+        loss = [(r["step"], r["loss"]) for r in rows if "eval" not in r and r.get("loss") is not None]
+        evals = [r for r in rows if isinstance(r.get("eval"), dict) and r["eval"].get("f1") is not None]
         f1 = [(r["step"], r["eval"]["f1"]) for r in evals]
         if loss or f1:
             curves[m["name"]] = (loss, f1)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
     answerer = QuestionAnswerer.from_pretrained(model_dir, InferenceConfig(null_threshold=0.0), device="cpu")
     predictions = answerer.predict(dataset.examples)
     preds = {p.id: p.text for p in predictions}
-    na_probs = {p.id: p.null_score_diff for p in predictions}
+    na_probs = {p.id: p.null_probability for p in predictions}  # probabilities, as the official script reads
     atomic.write_json(out / "predictions.json", preds)
     atomic.write_json(out / "na_probs.json", na_probs)
     metrics = {

@@ -3,12 +3,26 @@
 Of a predictions file, or of a model folder (`--model`: answered first through the code path of `predict`).
 With 95% percentile-bootstrap intervals over the questions (`bootstrap.py`), and with `--compare`, the paired
 bootstrap of the gap to a second predictions file: is it larger than the luck of the questions?
+
+Two thresholds decide "no answer" on v2 data, in this order. With `--model`, the model's own: it answers ""
+where its null score minus its best span score (logits) exceeds `--null-threshold` (default 0.0 on v2 data,
+as the `run` pipeline evaluates). Then the official one: "" where the no-answer probability exceeds
+`--na-prob-thresh` (default 1.0, which keeps every prediction); the probabilities are `--na-probs` for a
+predictions file and each prediction's `null_probability` for a model, and the official `best_*` keys are
+searched on them. For a model, the null threshold is also searched, in logits, on the questions evaluated
+(`null_threshold_search`: optimistic, as it is found on the set it scores; pass it to other data as
+`--null-threshold`). The printed summary and the `--output` JSON (`headline`) say which thresholds made
+the headline numbers. The JSON is standard (no NaN or Infinity): a `best_*_thresh` of +inf (best to answer
+even the questions whose no-answer probability is null, i.e. +inf: no span) and a null threshold search
+without any span are written null.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from tinyroberta_es.commands.predict import (
@@ -24,6 +38,7 @@ if TYPE_CHECKING:
 
 HELP = "score a predictions file or a model (official SQuAD v1.1/v2.0 and MLQA metrics)"
 DEFAULT_NORMALIZATIONS = ("mlqa-es", "squad")  # the first is the primary one, flat at the top of --output
+V2_NULL_THRESHOLD = 0.0  # --model on v2 data without --null-threshold: as the `run` pipeline evaluates
 LEVEL = 0.95  # of every interval the command reports
 
 log = logging.getLogger(__name__)
@@ -38,14 +53,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--predictions", help='predictions JSON: {question id: answer or ""}')
     source.add_argument(
         "--model",
-        help="or a QA model folder to predict with first (on v2 data its null scores serve as --na-probs)",
+        help="or a QA model folder to predict with first (on v2 data: its --null-threshold, default 0.0, "
+        "decides its answers; its null probabilities serve as --na-probs)",
     )
     parser.add_argument("--na-probs", default=None, help="no-answer probabilities JSON (v2 datasets only)")
     parser.add_argument(
         "--na-prob-thresh",
         type=float,
         default=1.0,
-        help="predict no answer where the no-answer probability exceeds this (default 1.0)",
+        help="official: predict no answer where the no-answer probability exceeds this (default 1.0: on "
+        "probabilities, the predictions stand)",
     )
     parser.add_argument(
         "--normalization",
@@ -161,6 +178,72 @@ def _compare(
     return comparison
 
 
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def headline(args: argparse.Namespace, dataset: QADataset, null_default: bool) -> str | None:
+    """Which thresholds made the headline scores, in words; None when no threshold played a part."""
+    if not dataset.is_v2 and (args.model is None or args.null_threshold is None):
+        return None
+    if args.model is None:
+        text = 'the predictions as written ("" is no answer)'
+    else:  # with --model, v2 data always has a null threshold (V2_NULL_THRESHOLD by default)
+        default = ", the default on v2 data" if null_default else ""
+        text = (
+            f"the model's answers at --null-threshold {_number(args.null_threshold)}{default} "
+            '("" where null score - best span score, in logits, exceeds it)'
+        )
+    if dataset.is_v2:
+        if args.model is not None:
+            source = "the model's null_probability"
+        else:
+            source = (
+                f"--na-probs {args.na_probs}" if args.na_probs else "0.0 for every question: no --na-probs"
+            )
+        text += (
+            f", then the official --na-prob-thresh {_number(args.na_prob_thresh)} "
+            f'("" where the no-answer probability exceeds it; probabilities: {source})'
+        )
+    return text
+
+
+def _standard_totals(totals: dict) -> dict:
+    """The official totals, with a non-finite `best_*_thresh` (+inf from a null probability) as None."""
+    from tinyroberta_es import atomic
+
+    return {key: atomic.finite_or_none(v) if key.endswith("_thresh") else v for key, v in totals.items()}
+
+
+def _null_search_record(search: dict, args: argparse.Namespace, questions: int) -> dict:
+    """The `null_threshold_search` block of the report: the best thresholds, labelled as found on this set."""
+    from tinyroberta_es import atomic
+
+    return {
+        "searched_on": args.dataset,
+        "questions": questions,
+        "note": "searched on the questions it scores, so its best scores are optimistic; "
+        "pass the threshold as --null-threshold on other data",
+        **{
+            key: atomic.finite_or_none(value) if key.endswith("_threshold") else value
+            for key, value in search.items()
+        },
+    }
+
+
+def format_null_search(name: str, search: dict, questions: int) -> str:
+    """One line: the best --null-threshold for F1 and for exact match, and what each scores."""
+    parts = []
+    for key, label in (("f1", "F1"), ("exact", "exact")):
+        threshold = search[f"best_{key}_null_threshold"]
+        at = f"at {threshold:.4f}" if threshold is not None else "(no question has a span)"
+        parts.append(f"{label} {search[f'best_{key}']:.2f} {at}")
+    return (
+        f"best --null-threshold searched on these {questions} questions (optimistic), {name}: "
+        + ", ".join(parts)
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     """Read the predictions (and no-answer probabilities), load the dataset, score, print and write."""
     from tinyroberta_es import atomic
@@ -169,10 +252,10 @@ def run(args: argparse.Namespace) -> None:
     from tinyroberta_es.errors import UserError
     from tinyroberta_es.evaluation import (
         evaluate_with_question_scores,
+        find_best_null_threshold,
         get_normalizer,
-        read_na_probs,
-        read_predictions,
     )
+    from tinyroberta_es.prediction_files import read_na_probs, read_predictions
 
     names = [args.normalization] if args.normalization else list(DEFAULT_NORMALIZATIONS)
     for name in names:
@@ -182,6 +265,16 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(
             f"--bootstrap {resamples} is negative: give a number of resamples (default {DEFAULT_RESAMPLES}), "
             "or 0 for no intervals"
+        )
+    if not math.isfinite(args.na_prob_thresh):
+        raise UserError(
+            f"--na-prob-thresh {args.na_prob_thresh} is not a finite number: give one "
+            "(default 1.0: on probabilities, the predictions stand)"
+        )
+    if args.null_threshold is not None and not math.isfinite(args.null_threshold):
+        raise UserError(
+            f"--null-threshold {args.null_threshold} is not a finite number: give one "
+            "(a large one answers every question that has a span)"
         )
     if args.model is not None and args.na_probs:
         raise UserError("with --model the no-answer scores come from the model: drop --na-probs")
@@ -193,10 +286,20 @@ def run(args: argparse.Namespace) -> None:
     other = read_predictions(args.compare) if args.compare else None
     dataset = load_dataset(args.dataset, bad_spans="keep")  # the official scripts ignore answer_start
     runner = None
+    null_default = False
+    null_search: dict[str, dict] = {}
     if args.model is not None:
+        if dataset.is_v2 and args.null_threshold is None:
+            args = copy.copy(args)
+            args.null_threshold, null_default = V2_NULL_THRESHOLD, True
         answered, runner = predict_examples(args, dataset.examples)
-        predictions = {p.id: p.text for p in answered}
-        na_probs = {p.id: p.null_score_diff for p in answered} if dataset.is_v2 else None
+        predictions = {p.id: p.text for p in answered}  # the model's own decision: "" where is_null
+        na_probs = None
+        if dataset.is_v2:
+            na_probs = {p.id: p.null_probability for p in answered}  # probabilities, for the official keys
+            spans = {p.id: p.answers[0].text if p.answers else "" for p in answered}
+            diffs = {p.id: p.null_score_diff for p in answered}
+            null_search = {name: find_best_null_threshold(dataset, spans, diffs, name) for name in names}
     scored = {
         name: evaluate_with_question_scores(dataset, predictions, na_probs, args.na_prob_thresh, name)
         for name in names
@@ -206,14 +309,19 @@ def run(args: argparse.Namespace) -> None:
 
     primary, *others = names
     exact_key = _exact_key(dataset)
+    questions = len(scored[primary][1].ids)
     intervals: dict[str, dict[str, list[float]]] = {}
     if resamples:
         intervals = {
             name: _intervals(per, exact_key, resamples, args.seed) for name, (_, per) in scored.items()
         }
-        questions = len(scored[primary][1].ids)
         print(f"95% bootstrap intervals ({questions} questions, {resamples} resamples, seed {args.seed})")
         print(format_table(intervals))
+    thresholds = headline(args, dataset, null_default)
+    if thresholds is not None:
+        print(f"scores above: {thresholds}")
+    for name, search in null_search.items():
+        print(format_null_search(name, search, questions))
     comparison = None
     if other is not None:
         comparison = _compare(args, dataset, primary, scored[primary], other, resamples)
@@ -221,8 +329,9 @@ def run(args: argparse.Namespace) -> None:
         print(format_comparison(comparison, label, resamples))
 
     if args.output:
+        searches = {name: _null_search_record(s, args, questions) for name, s in null_search.items()}
         report: dict = {
-            **results[primary],
+            **_standard_totals(results[primary]),
             **intervals.get(primary, {}),
             "normalization": primary,
             "dataset": args.dataset,
@@ -230,13 +339,26 @@ def run(args: argparse.Namespace) -> None:
         }
         if runner is not None:  # what ran: with --backend auto, the backend it chose and why
             report.update(backend_record(args.backend, runner))
+        if thresholds is not None:
+            report["headline"] = thresholds
+        if args.model is not None and args.null_threshold is not None:
+            source = "default on v2 data" if null_default else "--null-threshold"
+            report.update(null_threshold=args.null_threshold, null_threshold_source=source)
         if dataset.is_v2:
-            report.update(na_probs=args.na_probs, na_prob_thresh=args.na_prob_thresh)
+            source = args.na_probs if args.model is None else "the model's null_probability"
+            report.update(na_probs=source, na_prob_thresh=args.na_prob_thresh)
+        if primary in searches:
+            report["null_threshold_search"] = searches[primary]
         if resamples:
             report["bootstrap"] = {"resamples": resamples, "seed": args.seed, "level": LEVEL}
         if others:
             report["other_normalizations"] = {
-                name: {**results[name], **intervals.get(name, {})} for name in others
+                name: {
+                    **_standard_totals(results[name]),
+                    **intervals.get(name, {}),
+                    **({"null_threshold_search": searches[name]} if name in searches else {}),
+                }
+                for name in others
             }
         if comparison is not None:
             report["comparison"] = comparison
