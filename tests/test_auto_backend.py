@@ -42,10 +42,12 @@ def exported(tmp_path_factory) -> Path:
     config = ExportConfig(
         model=str(model_dir),
         quantize="int8",
+        dev="sample",  # the embedded sample, not a real dev set: random weights
         dev_limit=8,
         max_length=96,
         doc_stride=32,
         max_f1_drop=100.0,
+        min_identical=0.0,  # random weights: which answers agree is noise
         formats=("onnx", "openvino") if HAS_OPENVINO else ("onnx",),
         calibration_size=8,
         int8_method="plain",
@@ -147,3 +149,16 @@ def test_auto_on_a_gpu_is_a_one_line_error(exported):
     with pytest.raises(UserError) as caught:
         make_runner(exported, "auto", device="cuda")
     assert "\n" not in str(caught.value) and str(caught.value).endswith("name a backend")
+
+
+def test_a_row_that_failed_the_identical_answers_gate_is_not_a_candidate(tmp_path):
+    from tinyroberta_es.runtimes.auto import parity_verdict
+
+    (tmp_path / "onnx").mkdir()
+    row = {"f1_drop": 0.2, "passed": False, "failed": ["gives 61.0% identical answers (min 90%)"]}
+    report = {"max_f1_drop": 1.0, "questions": 300, "dev": "xquad_es", "variants": {"openvino-bf16": row}}
+    (tmp_path / "onnx" / "parity.json").write_text(json.dumps(report), encoding="utf-8")
+    assert parity_verdict(tmp_path, "openvino-bf16") == (False, "gives 61.0% identical answers (min 90%)")
+    row["passed"] = True
+    (tmp_path / "onnx" / "parity.json").write_text(json.dumps(report), encoding="utf-8")
+    assert parity_verdict(tmp_path, "openvino-bf16")[0] is True

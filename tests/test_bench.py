@@ -34,10 +34,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             ExportConfig(
                 model=str(small),
                 quantize="int8",
+                dev="sample",
                 dev_limit=4,
                 max_length=64,
                 doc_stride=16,
                 max_f1_drop=100.0,  # random weights: F1 means nothing, so no F1 budget
+                min_identical=0.0,  # nor the share of identical answers
                 formats=("onnx", "openvino") if HAS_OPENVINO else ("onnx",),
                 calibration_size=8,
                 validation_size=4,

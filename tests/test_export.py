@@ -11,19 +11,23 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
 from tinyroberta_es import parity
 from tinyroberta_es.cli import main
 from tinyroberta_es.data.loading import load_dataset
-from tinyroberta_es.data.sources import resolve_source
+from tinyroberta_es.data.sources import CACHE_ENV, resolve_source
+from tinyroberta_es.errors import UserError
+from tinyroberta_es.onnx_export import ExportConfig, export_model
 from tinyroberta_es.tiny import create_tiny_qa_model, train_tokenizer
 
 pytest.importorskip("onnxruntime")
 
+HAS_OPENVINO = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
 needs_openvino = pytest.mark.skipif(
-    not all(importlib.util.find_spec(name) for name in ("openvino", "nncf")),
+    not HAS_OPENVINO,
     reason="openvino or nncf is not installed: pip install 'tinyroberta-es[openvino]'",
 )
 
@@ -32,6 +36,7 @@ CONTEXT = (
     "de Literatura. «Cien años de soledad» se publicó en Buenos Aires en 1967."
 )
 WINDOW_FLAGS = ("--max-length", "96", "--doc-stride", "32")
+SAMPLE = ("--dev", "sample")  # the parity set named: `auto` would pick whatever real set this machine has
 LAYERS = 2
 
 
@@ -62,7 +67,7 @@ def exported(request, tmp_path_factory, sample) -> Path:
         "--max-f1-drop",
         "100",
     ]
-    status = main([*argv, *WINDOW_FLAGS])
+    status = main([*argv, *SAMPLE, *WINDOW_FLAGS])
     assert status == 0
     return model_dir
 
@@ -90,6 +95,12 @@ def test_export_writes_the_files_and_the_parity_report(exported, capsys):
     settings = json.loads((out / "export.json").read_text(encoding="utf-8"))
     assert settings["quantize"] == "int8" and settings["opset"] >= 14 and "onnxruntime_version" in settings
     assert not list(out.glob(".*"))  # no temporary files left behind
+    assert report["dev_reason"] == "given with --dev" and report["external_data"] is False
+    assert (int8["min_identical"], fp32["min_identical"]) == (0.70, 0.98) and int8["passed"]
+    # int8 is per channel unless asked otherwise: one scale per output column of each weight matrix
+    assert settings["per_channel"] is True
+    scales = int8_scales(out / "model.int8.onnx")
+    assert scales and all(n > 1 for n in scales.values())
 
 
 def test_predict_with_onnx_int8_answers_with_spans_of_the_context(exported, sample, tmp_path, capsys):
@@ -157,17 +168,30 @@ def test_evaluate_model_equals_predict_then_evaluate(exported, tmp_path, capsys)
     a = json.loads(two_steps.read_text(encoding="utf-8"))
     b = json.loads(one_step.read_text(encoding="utf-8"))
     assert b.pop("model") == str(exported) and b.pop("backend") == "onnx"
+    # Only `evaluate --model` knows the model's threshold: it says so, and searches one in logits.
+    assert b.pop("null_threshold") == 0.0 and b.pop("null_threshold_source") == "--null-threshold"
+    for report in (b, *b["other_normalizations"].values()):
+        assert "best_f1_null_threshold" in report.pop("null_threshold_search")
     for report in (a, b):
-        for key in ("predictions", "na_probs"):
+        for key in ("predictions", "na_probs", "headline"):
             report.pop(key, None)
-    assert a == b
+    assert a == b  # the same answers and the same no-answer probabilities, hence the same best_* too
 
 
 def test_export_elsewhere_is_self_contained(tmp_path, sample, capsys):
     model_dir = tiny_model(tmp_path / "unigram", "unigram", sample)
     out = tmp_path / "exported"
     status, stdout, _ = run_cli(
-        capsys, "export", "--model", str(model_dir), "--output", str(out), "--dev-limit", "5", *WINDOW_FLAGS
+        capsys,
+        "export",
+        "--model",
+        str(model_dir),
+        "--output",
+        str(out),
+        "--dev-limit",
+        "5",
+        *SAMPLE,
+        *WINDOW_FLAGS,
     )
     assert status == 0
     assert "parity on sample" in stdout and "model.onnx" in stdout
@@ -190,16 +214,38 @@ def test_export_elsewhere_is_self_contained(tmp_path, sample, capsys):
     assert status == 0 and answer.startswith("1. ")
 
 
-def test_no_optimize_keeps_the_plain_graph_and_per_channel_int8_works(tmp_path, sample, capsys):
+def int8_scales(path: Path) -> dict[str, int]:
+    """The weight scales of an int8 graph: name -> number of scales (1: per tensor, N: per column)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    sizes = {t.name: int(np.prod(t.dims)) for t in graph.initializer if t.name.endswith("_scale")}
+    return {name: n for name, n in sizes.items() if "embeddings" not in name}  # Gather: always per tensor
+
+
+def test_no_optimize_keeps_the_plain_graph_and_per_tensor_int8_is_an_opt_out(tmp_path, sample, capsys):
     model_dir = tiny_model(tmp_path, "bpe", sample)
-    flags = ("--no-optimize", "--quantize", "int8", "--per-channel", "--dev-limit", "5", *WINDOW_FLAGS)
+    flags = (
+        "--no-optimize",
+        "--quantize",
+        "int8",
+        "--per-tensor",
+        "--dev-limit",
+        "5",
+        *SAMPLE,
+        *WINDOW_FLAGS,
+    )
     assert main(["export", "--model", str(model_dir), *flags]) == 0
     capsys.readouterr()
     report = json.loads((model_dir / "onnx" / "parity.json").read_text(encoding="utf-8"))
     assert report["fused_ops"] is None
     assert report["variants"]["onnx"]["max_abs_diff_start"] < 1e-4
     assert report["variants"]["onnx-int8"]["max_abs_diff_start"] < 0.5
-    assert json.loads((model_dir / "onnx" / "export.json").read_text(encoding="utf-8"))["per_channel"] is True
+    assert (
+        json.loads((model_dir / "onnx" / "export.json").read_text(encoding="utf-8"))["per_channel"] is False
+    )
+    scales = int8_scales(model_dir / "onnx" / "model.int8.onnx")
+    assert scales and set(scales.values()) == {1}
 
 
 def test_a_variant_over_the_f1_budget_fails_and_is_not_published(tmp_path, sample, capsys, monkeypatch):
@@ -214,7 +260,17 @@ def test_a_variant_over_the_f1_budget_fails_and_is_not_published(tmp_path, sampl
         return row | {"f1_drop": 2.5} if runner.name == "onnx-int8" else row
 
     monkeypatch.setattr(parity, "check", worse_int8)
-    argv = ["export", "--model", str(model_dir), "--quantize", "int8", "--dev-limit", "5", *WINDOW_FLAGS]
+    argv = [
+        "export",
+        "--model",
+        str(model_dir),
+        "--quantize",
+        "int8",
+        "--dev-limit",
+        "5",
+        *SAMPLE,
+        *WINDOW_FLAGS,
+    ]
     status, _, err = run_cli(capsys, *argv)
     assert_one_line_error(status, err, "onnx-int8 loses 2.50 F1", "--max-f1-drop 1.0", "parity.json")
     assert not stale.exists()
@@ -237,11 +293,145 @@ def test_a_variant_over_the_f1_budget_fails_and_is_not_published(tmp_path, sampl
     assert_one_line_error(status, err, "--quantize int8 first")
 
 
+def test_weights_gathered_copied_and_renamed_stay_with_their_graph(tmp_path):
+    """The exporter writes one file per tensor past 2 GB; export gathers them into `<graph>.data`, copies and
+    renames graph and weights together, and ONNX Runtime still finds them."""
+    import onnx
+    import onnxruntime as ort
+
+    from tinyroberta_es.onnx_files import copy_onnx, data_file, gather_external_data, publish_onnx
+
+    weight = np.arange(512, dtype=np.float32)  # 2 KiB: goes outside (1 KiB and more)
+    node = onnx.helper.make_node("Add", ["x", "w"], ["y"])
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [512])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [512])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    raw = tmp_path / "raw.onnx"
+    onnx.save(
+        model, str(raw), save_as_external_data=True, all_tensors_to_one_file=False
+    )  # one file per tensor
+    assert (tmp_path / "w").is_file()
+
+    def run(path: Path) -> np.ndarray:
+        return ort.InferenceSession(str(path)).run(None, {"x": np.ones(512, np.float32)})[0]
+
+    gather_external_data(raw)
+    (tmp_path / "w").unlink()  # the per-tensor file is no longer read
+    assert data_file(raw).stat().st_size == weight.nbytes and raw.stat().st_size < weight.nbytes
+    np.testing.assert_array_equal(run(raw), weight + 1)
+    copy = tmp_path / "sub" / "model.onnx"
+    copy.parent.mkdir()
+    copy_onnx(raw, copy)
+    out = tmp_path / "out"
+    out.mkdir()
+    publish_onnx(copy, out / "model.rejected.onnx")
+    assert {p.name for p in out.iterdir()} == {"model.rejected.onnx", "model.rejected.onnx.data"}
+    data_file(raw).unlink()
+    np.testing.assert_array_equal(run(out / "model.rejected.onnx"), weight + 1)
+
+
+def test_large_graphs_keep_their_weights_beside_them_through_every_step(
+    tmp_path, sample, capsys, monkeypatch
+):
+    """`external_data_threshold=0` makes the tiny model 'large': the path of a teacher past 2 GB."""
+    from tinyroberta_es.runtimes import onnx_runner
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # a cached real dev set for --dev auto
+    monkeypatch.setenv(parity.DATA_ENV, "")
+    (tmp_path / "cache" / "datasets").mkdir(parents=True)
+    small_dev(tmp_path / "cache" / "datasets" / "mlqa_es_dev.json")
+    model_dir = tiny_model(tmp_path, "bpe", sample)
+    out = model_dir / "onnx"
+    out.mkdir()
+    (out / "model.onnx.data").write_bytes(b"old")  # an earlier export's weights: replaced
+    config = ExportConfig(
+        model=str(model_dir),
+        quantize="int8",
+        max_length=96,
+        doc_stride=32,
+        max_f1_drop=100.0,
+        formats=("onnx", "openvino") if HAS_OPENVINO else ("onnx",),
+        calibration_size=8,
+        int8_method="plain",
+        external_data_threshold=0,
+    )
+    report = export_model(config)
+    # the whole cached set, not the sample
+    assert report["dev"] == "mlqa_es_dev" and report["questions"] == 20
+    assert report["dev_reason"].startswith("--dev auto chose mlqa_es_dev (cached)")
+    assert report["external_data"] is True
+    for graph in ("model.onnx", "model.int8.onnx"):  # the weights are outside the graph
+        assert (out / f"{graph}.data").stat().st_size > (out / graph).stat().st_size
+    assert all(row["passed"] for row in report["variants"].values())
+    fp32 = report["variants"]["onnx"]
+    assert max(fp32["max_abs_diff_start"], fp32["max_abs_diff_end"]) < 1e-4 and fp32["same_answers"] == 1.0
+    if HAS_OPENVINO:  # converted from the TorchScript graph, saved with external data too
+        assert report["variants"]["openvino"]["max_abs_diff_start"] < 1e-4
+    runner = onnx_runner(out / "model.int8.onnx", name="onnx-int8", dtype="int8")
+    assert runner.weights_bytes > (out / "model.int8.onnx.data").stat().st_size
+    ask = ("--question", "¿Dónde nació?", "--context", CONTEXT, *WINDOW_FLAGS)
+    capsys.readouterr()  # NNCF's progress bars
+    status, answer, _ = run_cli(capsys, "answer", "--model", str(model_dir), "--backend", "onnx-int8", *ask)
+    assert status == 0 and answer.startswith("1. ")
+
+    # Exported again, int8 gives PyTorch's answer too rarely: rejected, its weights renamed with it.
+    real = parity.check
+
+    def fewer_same(ref, runner):
+        row = real(ref, runner)
+        return row | {"same_answers": 0.5} if runner.name == "onnx-int8" else row
+
+    monkeypatch.setattr(parity, "check", fewer_same)
+    with pytest.raises(UserError) as info:
+        export_model(config)
+    assert (
+        "onnx-int8 gives PyTorch fp32's answer to 50.0% of the questions (budget --min-identical 0.7)"
+        in str(info.value)
+    )
+    files = {p.name for p in out.iterdir()}
+    assert {
+        "model.onnx",
+        "model.onnx.data",
+        "model.int8.rejected.onnx",
+        "model.int8.rejected.onnx.data",
+    } <= files
+    assert not {"model.int8.onnx", "model.int8.onnx.data"} & files
+    rejected = onnx_runner(
+        out / "model.int8.rejected.onnx", name="onnx-int8", dtype="int8"
+    )  # finds its weights
+    assert rejected.weights_bytes > (out / "model.int8.rejected.onnx.data").stat().st_size
+
+
 def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     status, _, err = run_cli(
-        capsys, "export", "--model", str(tmp_path), "--quantize", "int4", "--max-f1-drop", "-1"
+        capsys,
+        "export",
+        "--model",
+        str(tmp_path),
+        "--quantize",
+        "int4",
+        "--max-f1-drop",
+        "-1",
+        "--min-identical",
+        "90",
     )
-    assert_one_line_error(status, err, "--quantize 'int4'", "--max-f1-drop -1.0")
+    assert_one_line_error(
+        status,
+        err,
+        "--quantize 'int4'",
+        "--max-f1-drop -1.0",
+        "--min-identical 90.0 must be a share from 0 to 1, e.g. 0.9",
+    )
+    with pytest.raises(SystemExit) as exit_info:  # --per-channel is the default and still accepted, alone
+        main(["export", "--model", str(tmp_path), "--per-channel", "--per-tensor"])
+    assert exit_info.value.code == 2
+    assert "--per-tensor: not allowed with argument --per-channel" in capsys.readouterr().err
     flags = ("--format", "tflite", "--int8-method", "x", "--calibration-size", "0")
     status, _, err = run_cli(capsys, "export", "--model", str(tmp_path), *flags)
     assert_one_line_error(
@@ -256,7 +446,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
 
 # --- OpenVINO IR: fp32 and NNCF int8 -----------------------------------------------------------------------
 
-OV_FLAGS = ("--quantize", "int8", "--calibration-size", "16", *WINDOW_FLAGS)
+OV_FLAGS = ("--quantize", "int8", "--calibration-size", "16", *WINDOW_FLAGS)  # --dev comes separately
 
 
 def ov_files(folder: Path) -> set[str]:
@@ -267,7 +457,7 @@ def ov_files(folder: Path) -> set[str]:
 def ov_exported(tmp_path_factory, sample) -> Path:
     """A model folder after `export --format onnx,openvino --quantize int8` with 10 parity questions."""
     model_dir = tiny_model(tmp_path_factory.mktemp("export-openvino"), "wordpiece", sample)
-    argv = ["export", "--model", str(model_dir), "--format", "onnx,openvino", "--dev-limit", "10"]
+    argv = ["export", "--model", str(model_dir), "--format", "onnx,openvino", "--dev-limit", "10", *SAMPLE]
     assert main([*argv, *OV_FLAGS, "--max-f1-drop", "100", "--int8-method", "plain"]) == 0
     return model_dir
 
@@ -357,7 +547,17 @@ def test_a_rejected_openvino_int8_is_kept_aside_and_a_stale_one_removed(
         return row | {"f1_drop": 2.5} if runner.name == "openvino-int8" else row
 
     monkeypatch.setattr(parity, "check", worse_int8)
-    argv = ["export", "--model", str(model_dir), "--format", "openvino", "--dev-limit", "5", *OV_FLAGS]
+    argv = [
+        "export",
+        "--model",
+        str(model_dir),
+        "--format",
+        "openvino",
+        "--dev-limit",
+        "5",
+        *SAMPLE,
+        *OV_FLAGS,
+    ]
     status, _, err = run_cli(capsys, *argv, "--int8-method", "plain")
     assert_one_line_error(status, err, "openvino-int8 loses 2.50 F1", "--max-f1-drop 1.0", "parity.json")
     assert ov_files(folder) == {
@@ -402,7 +602,17 @@ def test_int8_method_auto_falls_back_to_accuracy_aware_when_plain_misses(
 
     monkeypatch.setattr(parity, "check", plain_misses)
     monkeypatch.setattr(openvino_export, "quantize_accuracy_aware", accuracy_aware)
-    argv = ["export", "--model", str(model_dir), "--format", "openvino", "--dev-limit", "5", *OV_FLAGS]
+    argv = [
+        "export",
+        "--model",
+        str(model_dir),
+        "--format",
+        "openvino",
+        "--dev-limit",
+        "5",
+        *SAMPLE,
+        *OV_FLAGS,
+    ]
     status, _, err = run_cli(capsys, *argv, "--max-f1-drop", "50")  # --int8-method auto is the default
     assert status == 0, err
     assert calls == [

@@ -8,7 +8,7 @@ The steps, in the order `export --format openvino` runs them:
 2. Quantise to int8 with NNCF's post-training quantisation: the transformer model type (SmoothQuant on the
    matmul inputs, softmax and layer norms left in floating point), the mixed preset (symmetric weights,
    asymmetric activations), fast bias correction, calibrated on real windows of the calibration set (the
-   first window of each of `calibration_size` questions, unpadded).
+   first window of each of `calibration_size` questions, unpadded; `calibration_set`).
 3. When that int8 model loses more F1 than the budget, `accuracy_aware` quantises again with NNCF's
    accuracy control: it ranks the quantised layers by how much they cost F1 on the validation questions and
    returns them to floating point, a few at a time, until the drop is within `max_drop`.
@@ -16,6 +16,7 @@ The steps, in the order `export --format openvino` runs them:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.features import prepare_features
 from tinyroberta_es.runtimes import import_openvino
 from tinyroberta_es.runtimes.ov import INSTALL_HINT
 
@@ -47,6 +50,54 @@ def convert(onnx_file: Path, xml: Path, params: int) -> None:
     model.set_rt_info(str(params), ["tinyroberta_es", "params"])
     ov.save_model(model, str(xml), compress_to_fp16=False)
     log.info("converted %s to OpenVINO IR %s", onnx_file.name, xml.name)
+
+
+def calibration_set(
+    calibration: str | None,
+    dev: Any,
+    tokenizer: Any,
+    inference: Any,
+    input_names: Sequence[str],
+    *,
+    size: int,
+    validation_size: int,
+) -> tuple[list[dict[str, np.ndarray]], Any, dict[str, Any]]:
+    """Calibration windows and validation questions for OpenVINO int8, and where they come from.
+
+    One window per question (its first, unpadded), from `size` questions in a fixed random order; a set with
+    fewer questions gives fewer windows. From `calibration` (default: the parity check's `dev`, a
+    `parity.DevChoice`). Taken from the dev set, they are the questions after the ones the parity check uses
+    when there are any, so the check scores questions the calibration did not see.
+    """
+    name = calibration or dev.name
+    from_dev = name in (dev.name, dev.source)
+    data = load_dataset(dev.source if from_dev else name, bad_spans="keep")
+    examples = list(data.examples)
+    overlaps = False
+    if from_dev:
+        rest = examples[dev.limit :] if dev.limit else []
+        overlaps = not rest
+        examples = rest or examples
+    order = np.random.default_rng(0).permutation(len(examples))
+    examples = [examples[i] for i in order]
+    features = prepare_features(
+        examples[:size],
+        tokenizer,
+        max_length=inference.max_length,
+        doc_stride=inference.doc_stride,
+        max_query_length=inference.max_query_length,
+    )
+    first = sorted({int(q): i for i, q in reversed(list(enumerate(features.example_index)))}.values())
+    windows = [{k: v for k, v in features.batch([i]).items() if k in input_names} for i in first]  # (1, T_i)
+    questions = dataclasses.replace(data, examples=examples[:validation_size])
+    info = {
+        "calibration_set": name,
+        "calibration_questions": len(windows),
+        "calibration_overlaps_parity": overlaps,
+    }
+    if overlaps:
+        log.warning("calibrating on the parity questions of %s: pass --calibration another set", name)
+    return windows, questions, info
 
 
 def quantize(

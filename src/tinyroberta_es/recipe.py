@@ -100,6 +100,7 @@ class ExportSection:
     quantize: str | None = "int8"  # int8 or null
     per_channel: bool = True  # per-tensor int8 lost 4.9 F1 on a fine-tuned me5-small, per-channel 0.5
     max_f1_drop: float = 1.0  # a variant that loses more F1 on `dev` is kept as *.rejected.*, unused
+    min_identical: float | None = None  # share of answers equal to fp32's; None: per precision (export's)
     dev: str | None = None  # parity set; default: the first evaluation set
     dev_limit: int | None = 300
     calibration: str | None = None  # OpenVINO int8 calibration set; default: `dev`, questions not checked
@@ -113,6 +114,10 @@ class ExportSection:
         if self.quantize is not None:
             check_choice("export.quantize", self.quantize, ("int8",))
         check_positive("export.max_f1_drop", self.max_f1_drop, zero_ok=True)
+        if self.min_identical is not None and not 0 <= self.min_identical <= 1:
+            raise UserError(
+                f"export.min_identical {self.min_identical} must be a share from 0 to 1, e.g. 0.9"
+            )
         check_positive("export.dev_limit", self.dev_limit)
         check_positive("export.calibration_size", self.calibration_size)
         check_choice("export.int8_method", self.int8_method, INT8_METHODS)

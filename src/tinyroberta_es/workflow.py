@@ -328,6 +328,7 @@ def export_folder(recipe: Recipe, folder: str) -> dict[str, Any]:
         dev=e.dev or recipe.evaluate.datasets[0],
         dev_limit=e.dev_limit,
         max_f1_drop=e.max_f1_drop,
+        min_identical=e.min_identical,
         formats=export_formats(recipe),
         calibration=e.calibration,
         calibration_size=e.calibration_size,
@@ -338,12 +339,11 @@ def export_folder(recipe: Recipe, folder: str) -> dict[str, Any]:
     failed = [b for b, row in report["variants"].items() if row.get("passed") is False]
     for backend in dict.fromkeys([*report["rejected"], *failed]):
         log.warning(
-            "%s: %s loses %.2f F1 on %s (budget %.2f): %sleft out of the run",
+            "%s: %s failed the parity check on %s (%s): %sleft out of the run",
             folder,
             backend,
-            report["variants"][backend]["f1_drop"],
-            config.dev,
-            e.max_f1_drop,
+            report.get("dev", config.dev),
+            parity_failures(report["variants"][backend], e.max_f1_drop),
             "kept as *.rejected.* and " if backend in report["rejected"] else "",
         )
     return {"folder": str(config.output_dir), "formats": list(config.formats), "rejected": report["rejected"]}
@@ -449,10 +449,17 @@ def unavailable(folder: str, backend: str) -> str | None:
     if rejected or row.get("passed") is False or row.get("f1_drop", 0.0) > budget:
         what = "rejected by" if rejected else "failed"
         return (
-            f"{what} the export's parity check: loses {row['f1_drop']:.2f} F1 on {report['dev']} "
-            f"(budget {budget:.2f}); see {parity}"
+            f"{what} the export's parity check on {report['dev']} ({parity_failures(row, budget)}); "
+            f"see {parity}"
         )
     return missing_export(folder, backend)
+
+
+def parity_failures(row: dict[str, Any], budget: float) -> str:
+    """Why a parity row failed, in words: its recorded reasons, else the F1 it loses against the budget."""
+    if row.get("failed"):
+        return "; ".join(row["failed"])
+    return f"loses {row.get('f1_drop', 0.0):.2f} F1, budget {budget:.2f}"
 
 
 def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset: str, out: Path) -> dict:
@@ -487,7 +494,9 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
     log.info("evaluating %s (%s) on %d questions of %s", name, runner.name, len(examples), dataset)
     predictions = answerer.predict(examples, progress=True)
     answers = {p.id: p.text for p in predictions}
-    na_probs = {p.id: p.null_score_diff for p in predictions} if data.is_v2 else None
+    # The official no-answer probabilities are real probabilities: the answers above already hold the model's
+    # own null decision (threshold 0.0 on logit differences), which the official threshold 1.0 leaves alone.
+    na_probs = {p.id: p.null_probability for p in predictions} if data.is_v2 else None
     scores, question_f1 = {}, {}
     for norm in DEFAULT_NORMALIZATIONS:
         result, per_question = evaluate_with_question_scores(data, answers, na_probs, normalization=norm)

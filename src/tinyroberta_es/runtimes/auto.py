@@ -45,6 +45,8 @@ def parity_verdict(model_dir: str | Path, backend: str) -> tuple[bool, str]:
         return False, f"not in the parity report {report_path}"
     drop, budget = row["f1_drop"], report["max_f1_drop"]
     verdict = f"{0.0 - drop:+.2f} F1 on {report['questions']} {report['dev']} questions (budget {budget:g})"
+    if row.get("passed") is False:  # over a budget the row records: F1, or the share of identical answers
+        return False, "; ".join(row.get("failed", [])) or verdict
     return drop <= budget, verdict
 
 
