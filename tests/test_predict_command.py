@@ -39,7 +39,7 @@ def model_dir(request, tmp_path_factory, sample) -> Path:
 
 
 def test_predict_writes_an_answer_from_the_context_for_every_question(model_dir, sample, tmp_path, capsys):
-    preds_path, na_path = tmp_path / "preds.json", tmp_path / "na.json"
+    preds_path, na_path, odds_path = tmp_path / "preds.json", tmp_path / "na.json", tmp_path / "odds.json"
     status, out, _ = run_cli(
         capsys,
         "predict",
@@ -51,6 +51,8 @@ def test_predict_writes_an_answer_from_the_context_for_every_question(model_dir,
         str(preds_path),
         "--na-probs-output",
         str(na_path),
+        "--null-odds-output",
+        str(odds_path),
         "--max-length",
         "128",
         "--doc-stride",
@@ -62,14 +64,16 @@ def test_predict_writes_an_answer_from_the_context_for_every_question(model_dir,
     assert "questions/s" in out
     preds = json.loads(preds_path.read_text(encoding="utf-8"))
     na_probs = json.loads(na_path.read_text(encoding="utf-8"))
+    odds = json.loads(odds_path.read_text(encoding="utf-8"))
     by_id = sample.by_id()
     assert list(preds) == [ex.id for ex in sample.examples]
-    assert set(na_probs) == set(preds)
+    assert set(na_probs) == set(preds) == set(odds)
     for qid, text in preds.items():
         assert text == text.strip()
         assert text in by_id[qid].context
-        assert np.isfinite(na_probs[qid])
-        assert (text == "") == (na_probs[qid] > 0)  # null threshold 0: null exactly when null wins
+        assert 0 < na_probs[qid] < 1  # a probability (the official script's na_probs), not logits
+        assert np.isfinite(odds[qid])
+        assert (text == "") == (odds[qid] > 0)  # null threshold 0: null exactly when null wins
 
 
 def test_predict_limit(model_dir, tmp_path, capsys):
@@ -285,8 +289,8 @@ def three_forms(tmp_path_factory) -> dict[str, Path]:
 
 
 def predict_file(capsys, model: Path, dataset: Path, out: Path) -> tuple[dict, dict]:
-    """Run `predict` on `dataset`; return the predictions and the no-answer scores it wrote."""
-    preds_path, na_path = out / f"{dataset.name}.preds.json", out / f"{dataset.name}.na.json"
+    """Run `predict` on `dataset`; return the predictions and the null odds (logit differences) it wrote."""
+    preds_path, na_path = out / f"{dataset.name}.preds.json", out / f"{dataset.name}.odds.json"
     status, _, err = run_cli(
         capsys,
         "predict",
@@ -296,7 +300,7 @@ def predict_file(capsys, model: Path, dataset: Path, out: Path) -> tuple[dict, d
         str(dataset),
         "--output",
         str(preds_path),
-        "--na-probs-output",
+        "--null-odds-output",
         str(na_path),
         "--max-length",
         "128",
@@ -368,3 +372,104 @@ def test_bad_jsonl_line_is_a_one_line_predict_error(model_dir, tmp_path, capsys)
     )
     assert_one_line_error(status, err, str(path), "line 2: missing key 'question'")
     assert not (tmp_path / "p.json").exists()
+
+
+# --- standard JSON out; --revision and missing model folders in every model command -------------------------
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JavaScript's JSON.parse and jq do."""
+
+    def refuse(constant: str):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def one_spanless_prediction(monkeypatch):
+    """Make the first prediction of every run one for which the model found no span (null_score_diff +inf)."""
+    import dataclasses
+    import math
+
+    real = QuestionAnswerer.predict
+
+    def predict(self, examples, *args, **kwargs):
+        predictions = real(self, examples, *args, **kwargs)
+        first = dataclasses.replace(predictions[0], answers=[], null_score_diff=math.inf, is_null=True)
+        return [first, *predictions[1:]]
+
+    monkeypatch.setattr(QuestionAnswerer, "predict", predict)
+
+
+def test_predict_writes_standard_json_when_a_question_has_no_span(
+    tiny_qa_model_dir, three_forms, tmp_path, capsys, one_spanless_prediction
+):
+    dataset = three_forms["jsonl"]
+    predict_file(capsys, tiny_qa_model_dir, dataset, tmp_path)
+    preds = strict_json((tmp_path / f"{dataset.name}.preds.json").read_text(encoding="utf-8"))
+    na_probs = strict_json((tmp_path / f"{dataset.name}.odds.json").read_text(encoding="utf-8"))
+    first, *rest = list(na_probs)
+    assert preds[first] == "" and na_probs[first] is None  # no span: null, not Infinity
+    assert rest and all(isinstance(na_probs[qid], float) for qid in rest)
+
+
+def test_answer_json_is_standard_when_there_is_no_span(model_dir, capsys, one_spanless_prediction):
+    argv = ["--model", str(model_dir), "--question", "¿Dónde?", "--context", CONTEXT]
+    status, out, err = run_cli(capsys, "answer", *argv, "--json")
+    assert status == 0, err
+    result = strict_json(out)
+    assert (result["answer"], result["answers"], result["null_score_diff"]) == ("", [], None)
+    status, out, _ = run_cli(capsys, "answer", *argv)
+    assert status == 0 and "found no span" in out
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_revision_of_a_local_folder_is_one_line_naming_it(command, model_dir, tmp_path, capsys):
+    rest = {
+        "predict": ["--dataset", "sample", "--output", str(tmp_path / "p.json")],
+        "answer": ["--question", "¿Qué?", "--context", "Algo."],
+        "evaluate": ["--dataset", "sample"],
+        "serve": ["--port", "0"],
+    }[command]
+    status, _, err = run_cli(capsys, command, "--model", str(model_dir), *rest, "--revision", "v1.0")
+    assert_one_line_error(status, err, str(model_dir), "a revision applies to Hub ids")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_revision_reaches_the_answerer_of_a_hub_id(model_dir, monkeypatch, capsys, tmp_path):
+    """`--model org/name --revision v1.0` asks for that revision; served here from the local tiny model."""
+    monkeypatch.chdir(tmp_path)
+    asked = []
+    real = QuestionAnswerer.from_pretrained.__func__
+
+    def from_pretrained(cls, source, *args, revision=None, **kwargs):
+        asked.append((str(source), revision))
+        return real(cls, model_dir, *args, **kwargs)
+
+    monkeypatch.setattr(QuestionAnswerer, "from_pretrained", classmethod(from_pretrained))
+    argv = ["--model", "org/name", "--question", "¿Dónde?", "--context", CONTEXT, "--revision", "v1.0"]
+    status, _, err = run_cli(capsys, "answer", *argv)
+    assert status == 0, err
+    assert asked == [("org/name", "v1.0")]
+
+
+@pytest.mark.parametrize("model", ["runs/teacher", "./teacher", "/no/such/teacher"])
+def test_a_missing_local_model_path_is_an_error_not_a_hub_download(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # so "runs/teacher" is a local path, not the Hub id of an org "runs"
+    status, _, err = run_cli(capsys, "answer", "--model", model, "--question", "¿Qué?", "--context", "Algo.")
+    assert_one_line_error(status, err, f"model folder {model} does not exist")
+
+
+@pytest.mark.parametrize(("flags", "aligned"), [((), True), (("--no-align-to-words",), False)])
+def test_word_alignment_flag_reaches_the_answerer(tiny_qa_model_dir, flags, aligned):
+    import argparse
+
+    from tinyroberta_es.commands.predict import add_inference_arguments, answerer_from_args
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model")
+    add_inference_arguments(parser)
+    args = parser.parse_args(["--model", str(tiny_qa_model_dir), "--max-length", "128", *flags])
+    assert answerer_from_args(args).config.align_to_words is aligned

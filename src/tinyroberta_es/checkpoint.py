@@ -7,12 +7,18 @@ the destination only ever holds complete files.
 
 Modules may name frozen submodules (a teacher) in a `frozen_submodules` tuple of attribute names: their
 weights never change, so they stay out of the resume state.
+
+The resume state holds only tensors and plain Python values (dicts, lists, tuples, strings, numbers, None):
+numpy's random state and numpy numbers are converted on saving, so `load_checkpoint` reads it with
+`torch.load(weights_only=True)`, which never runs code from the file.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -51,10 +57,13 @@ def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]
 
 
 def rng_state() -> dict[str, Any]:
-    """The random states of python, numpy, torch and every CUDA device."""
+    """The random states of python, numpy, torch and every CUDA device, as tensors and plain values."""
+    numpy_state = np.random.get_state(legacy=False)  # {"bit_generator", "state": {"key", "pos"}, ...}
+    key, pos = numpy_state["state"]["key"], numpy_state["state"]["pos"]  # key: (624,) uint32
+    numpy_state["state"] = {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos)}
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_state,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -63,27 +72,63 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` returned."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = dict(state["numpy"])
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    numpy_state["state"] = {"key": key, "pos": numpy_state["state"]["pos"]}
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """`torch.save` `state` to `path` atomically (a reader sees the old file or the new one, never half)."""
+    """`torch.save` `state` to `path` atomically (a reader sees the old file or the new one, never half).
+
+    numpy arrays become tensors and numpy numbers Python numbers, so that `load_checkpoint` can read the file
+    without unpickling anything else; any other object is refused here rather than at resume time.
+    """
+    state = plain(state)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` into CPU memory.
+def plain(value: Any) -> Any:
+    """`value` with numpy arrays as tensors and numpy numbers as Python numbers, in nested dicts/lists/tuples.
 
-    On the CPU because random states must stay CPU tensors; `load_state_dict` of modules and optimizers
-    copies the rest onto their parameters' device.
+    Raises TypeError naming the first value that `torch.load(weights_only=True)` would refuse.
+    """
+    if isinstance(value, np.generic):  # before float: numpy.float64 is a float subclass
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))
+    if type(value) in (str, bytes, bool, int, float, complex) or value is None:
+        return value
+    if isinstance(value, torch.Tensor | torch.Size):
+        return value
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if type(value) in (list, tuple):  # not subclasses: a namedtuple is a class of its own
+        return type(value)(plain(v) for v in value)
+    raise TypeError(f"a checkpoint holds only tensors and plain Python values, not {type(value).__name__}")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` into CPU memory, tensors and plain values only.
+
+    `weights_only=True`: a file that holds other objects (an older version's numpy random state, or
+    something not written by this project) is refused, never unpickled. On the CPU because random states
+    must stay CPU tensors; `load_state_dict` of modules and optimizers copies the rest onto their
+    parameters' device.
     """
     try:
-        # Not weights_only: the state holds python and numpy random states; we wrote the file ourselves.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" (it pickles {found.group(1)})" if found else ""
+        raise UserError(
+            f"the resume checkpoint {path} holds objects other than tensors and plain values{what}, so it is "
+            "not loaded (an older version or another program wrote it); delete it to start the run over"
+        ) from None
     except (OSError, RuntimeError, EOFError) as err:
         raise UserError(
             f"cannot read the resume checkpoint {path} ({err}); delete it to start the run over"

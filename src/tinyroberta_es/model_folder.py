@@ -2,7 +2,8 @@
 
 What every runtime and command shares before anything runs: the folder is a QA model (a
 `*ForQuestionAnswering` config), its tokenizer is fast (character offsets), and errors are one line that
-names the folder and the fix.
+names the folder and the fix. Loading is safe: a local path that does not exist is an error, never a Hub
+download; a `revision` pins a Hub id; only safetensors weights load (a pickled `pytorch_model.bin` never is).
 """
 
 from __future__ import annotations
@@ -19,25 +20,74 @@ if TYPE_CHECKING:
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def model_source(source: str | Path) -> str:
-    """`source` as `from_pretrained` should see it: an existing model folder (`~` expanded) or a Hub id."""
-    path = Path(source).expanduser()
-    source = str(path) if path.exists() else str(source)
-    if not path.exists() and not HUB_ID.match(source):
-        raise UserError(f"model folder {source} does not exist; pass a local model folder or a Hub id")
-    if path.exists() and not path.is_dir():
+def model_source(source: str | Path, revision: str | None = None) -> str:
+    """`source` as `from_pretrained` should see it: an existing model folder (`~` expanded) or a Hub id.
+
+    Anything that looks like a local path (absolute, `./`, `../`, `~`, a backslash, more than one slash, or
+    a first component that is a local folder, as `runs/teacher` where `runs/` exists) must exist: a typo in
+    a path is an error, never a silent download of a Hub model. `revision` (a branch, tag or commit) pins a
+    Hub id and is an error for a local folder.
+    """
+    source = local_or_hub(source, revision)
+    path = Path(source)
+    if not path.exists():
+        return source  # a Hub id
+    if not path.is_dir():
         raise UserError(f"model {source} is a file; pass the folder that holds config.json and the weights")
-    if path.is_dir() and not (path / "config.json").is_file():
+    if not (path / "config.json").is_file():
         raise UserError(f"{source} is not a Hugging Face model folder (no config.json); pass a model folder")
     return source
 
 
-def load_fast_tokenizer(source: str) -> object:
-    """The fast tokenizer (character offsets) of a model folder or Hub id, else a one-line UserError."""
+def local_or_hub(source: str | Path, revision: str | None = None) -> str:
+    """An existing local path (`~` expanded) or a Hub id `org/name`, else a UserError; see `model_source`."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if _looks_local(text) or not HUB_ID.match(text):
+            raise UserError(
+                f"model folder {text} does not exist; pass an existing model folder, or a Hub id as org/name"
+            )
+        return text
+    if revision is not None:
+        raise UserError(
+            f"--revision {revision} given for the local model folder {text}: a revision applies to Hub ids; "
+            "drop --revision or pass a Hub id"
+        )
+    return str(path)
+
+
+def _looks_local(text: str) -> bool:
+    """Whether `text` reads as a file-system path rather than a Hub id `org/name`."""
+    if "\\" in text or text.count("/") > 1 or text.startswith(("/", "./", "../", "~")) or text in (".", ".."):
+        return True
+    first = text.split("/")[0]
+    return "/" in text and Path(first).is_dir()
+
+
+def check_safetensors(source: str) -> None:
+    """UserError if a local model folder has pickled `.bin` weights and no safetensors: pickle never loads."""
+    folder = Path(source)
+    if not folder.is_dir() or any(folder.glob("*.safetensors*")):  # model.safetensors or a sharded index
+        return
+    if any(folder.glob("pytorch_model*.bin")):
+        raise UserError(
+            f"{source} holds only pytorch_model.bin (pickle), which is never loaded here; convert it once in "
+            "trusted Python: AutoModelForQuestionAnswering.from_pretrained(folder, use_safetensors=False)"
+            ".save_pretrained(folder)"
+        )
+
+
+def load_fast_tokenizer(source: str, revision: str | None = None) -> object:
+    """The fast tokenizer (character offsets) of a model folder or Hub id, else a one-line UserError.
+
+    `revision` pins a Hub id (a branch, tag or commit); it is an error for a local folder.
+    """
     from transformers import AutoTokenizer
 
+    source = local_or_hub(source, revision)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except (OSError, ValueError, TypeError) as err:
         raise UserError(
             f"cannot load the tokenizer of {source}: {first_line(err)}; "
@@ -51,40 +101,48 @@ def load_fast_tokenizer(source: str) -> object:
     return tokenizer
 
 
-def load_qa_model(source: str | Path, **model_kwargs: object) -> tuple[torch.nn.Module, object]:
+def load_qa_model(
+    source: str | Path, *, revision: str | None = None, **model_kwargs: object
+) -> tuple[torch.nn.Module, object]:
     """Load a question-answering model (eval mode) and its fast tokenizer from a local folder or a Hub id.
 
-    `model_kwargs` go to `from_pretrained` (e.g. ``attn_implementation="eager"`` for ONNX export).
+    Only safetensors weights load. `revision` pins a Hub id. `model_kwargs` go to `from_pretrained`
+    (e.g. ``attn_implementation="eager"`` for ONNX export).
     """
-    source = model_source(source)
-    _check_qa_config(source)
-    tokenizer = load_fast_tokenizer(source)
-    return _load_module(source, model_kwargs), tokenizer
+    source = model_source(source, revision)
+    _check_qa_config(source, revision)
+    tokenizer = load_fast_tokenizer(source, revision)
+    return _load_module(source, revision, model_kwargs), tokenizer
 
 
-def load_qa_module(source: str | Path, **model_kwargs: object) -> torch.nn.Module:
-    """Load only the question-answering model (eval mode) of a local folder or a Hub id."""
-    source = model_source(source)
-    _check_qa_config(source)
-    return _load_module(source, model_kwargs)
+def load_qa_module(
+    source: str | Path, *, revision: str | None = None, **model_kwargs: object
+) -> torch.nn.Module:
+    """Load only the question-answering model (eval mode, safetensors only) of a local folder or a Hub id."""
+    source = model_source(source, revision)
+    _check_qa_config(source, revision)
+    return _load_module(source, revision, model_kwargs)
 
 
-def _load_module(source: str, model_kwargs: dict[str, object]) -> torch.nn.Module:
+def _load_module(source: str, revision: str | None, model_kwargs: dict[str, object]) -> torch.nn.Module:
     from transformers import AutoModelForQuestionAnswering
 
+    check_safetensors(source)
     try:
-        model = AutoModelForQuestionAnswering.from_pretrained(source, **model_kwargs)
+        model = AutoModelForQuestionAnswering.from_pretrained(
+            source, revision=revision, use_safetensors=True, **model_kwargs
+        )
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the model weights of {source}: {first_line(err)}") from None
     model.eval()
     return model
 
 
-def _check_qa_config(source: str) -> None:
+def _check_qa_config(source: str, revision: str | None = None) -> None:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read the model config of {source}: {first_line(err)}") from None
     architectures = config.architectures or []

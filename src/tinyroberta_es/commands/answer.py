@@ -1,4 +1,7 @@
-"""`tinyroberta-es answer`: ask one question about one text."""
+"""`tinyroberta-es answer`: ask one question about one text.
+
+`--json` prints standard JSON: a null score difference is `null` when the model found no span at all.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from tinyroberta_es.atomic import finite_or_none
 from tinyroberta_es.commands.predict import add_inference_arguments, answerer_from_args, check_inference_flags
 
 HELP = "answer one question about one context with a QA model folder"
@@ -54,14 +58,17 @@ def run(args: argparse.Namespace) -> None:
                     "answer": prediction.text,
                     "is_null": prediction.is_null,
                     "answers": answers,
-                    "null_score_diff": prediction.null_score_diff,
+                    "null_score_diff": finite_or_none(prediction.null_score_diff),
                 },
                 ensure_ascii=False,
                 indent=2,
+                allow_nan=False,
             )
         )
         return
-    if prediction.is_null:
+    if not prediction.answers:
+        print("(no answer: the model found no span in the context)")
+    elif prediction.is_null:
         print(f"(no answer; null score - best span score = {prediction.null_score_diff:.3f})")
     for rank, a in enumerate(answers, 1):
         print(

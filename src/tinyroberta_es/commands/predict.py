@@ -2,6 +2,12 @@
 
 The dataset need not have answers: SQuAD JSON whose questions lack `answers` and JSON Lines files of
 `{"id", "question", "context"}` objects are read as unlabeled questions (`load_dataset(labels="optional")`).
+`--na-probs-output` writes each question's no-answer probability (the null answer's share of the start and
+end softmaxes; 0 without --null-threshold), which the official v2 script's `--na-prob-file` and
+`evaluate --na-probs` read against their threshold of 1.0. `--null-odds-output` writes the model's own
+score, null score minus best span score in logits (what --null-threshold is compared with), as the Hugging
+Face SQuAD v2 scripts do. The files are standard JSON: a question for which the model found no span at all
+(its score difference is infinite) gets `null` in the null-odds file.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ BACKEND_HELP = (
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the commands that run a model: windows, batching, threads, null threshold."""
+    """Flags shared by the commands that run a model: windows, batching, threads, null threshold, revision."""
     parser.add_argument("--max-length", type=int, default=384, help="tokens per window (default 384)")
     parser.add_argument("--doc-stride", type=int, default=128, help="tokens shared by windows (default 128)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
@@ -47,8 +53,19 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="answer '' when null score - best span score exceeds this (SQuAD v2 models)",
     )
+    parser.add_argument(
+        "--no-align-to-words",
+        dest="align_to_words",
+        action="store_false",
+        help="keep answers exactly as the model's tokens cut them (default: widened to whole words)",
+    )
     parser.add_argument("--backend", default="pytorch", help=BACKEND_HELP)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's)")
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="pin the Hub model to this branch, tag or commit hash (Hub ids only, not local folders)",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +82,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--na-probs-output",
         default=None,
-        help="also write {question id: null score - best span score} for v2 evaluation",
+        help="also write {question id: no-answer probability} for v2 evaluation (evaluate --na-probs)",
+    )
+    parser.add_argument(
+        "--null-odds-output",
+        default=None,
+        help="also write {question id: null score - best span score} in logits (null: no span found)",
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     add_inference_arguments(parser)
@@ -107,10 +129,11 @@ def answerer_from_args(args: argparse.Namespace) -> QuestionAnswerer:
         doc_stride=args.doc_stride,
         batch_size=args.batch_size,
         null_threshold=args.null_threshold,
+        align_to_words=args.align_to_words,
         backend=args.backend,
         threads=args.threads,
     )
-    return QuestionAnswerer.from_pretrained(args.model, config)
+    return QuestionAnswerer.from_pretrained(args.model, config, revision=args.revision)
 
 
 def backend_record(requested: str, runner: Runner) -> dict[str, Any]:
@@ -148,6 +171,7 @@ def predict_examples(
 
 def run(args: argparse.Namespace) -> None:
     from tinyroberta_es import atomic
+    from tinyroberta_es.atomic import finite_or_none
     from tinyroberta_es.data.loading import load_dataset
 
     problems = []
@@ -160,5 +184,8 @@ def run(args: argparse.Namespace) -> None:
     predictions, _ = predict_examples(args, dataset.examples[: args.limit])
     atomic.write_json(args.output, {p.id: p.text for p in predictions})
     if args.na_probs_output:
-        atomic.write_json(args.na_probs_output, {p.id: p.null_score_diff for p in predictions})
+        atomic.write_json(args.na_probs_output, {p.id: p.null_probability for p in predictions})
+    if args.null_odds_output:
+        odds = {p.id: finite_or_none(p.null_score_diff) for p in predictions}  # +inf (no span): null
+        atomic.write_json(args.null_odds_output, odds)
     print(f"wrote {args.output}")

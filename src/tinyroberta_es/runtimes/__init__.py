@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.model_folder import local_or_hub
 from tinyroberta_es.runtimes.auto import choose_runner
 from tinyroberta_es.runtimes.ort import (
     INSTALL_HINT,
@@ -65,11 +66,20 @@ __all__ = [
 
 
 def make_runner(
-    model_dir: str | Path, backend: str, *, device: str | None = "cpu", threads: int | None = None
+    model_dir: str | Path,
+    backend: str,
+    *,
+    device: str | None = "cpu",
+    threads: int | None = None,
+    revision: str | None = None,
 ) -> Runner:
-    """Load `model_dir` with `backend`, a key of BACKENDS, or `auto` (the fastest that passed parity here)."""
+    """Load `model_dir` with `backend`, a key of BACKENDS, or `auto` (the fastest that passed parity here).
+
+    `revision` (a branch, tag or commit) pins a Hub id; for a local folder it is an error.
+    """
+    if backend not in CHOICES:
+        raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(CHOICES)}")
+    local_or_hub(model_dir, revision)  # a missing local path or a revision of a local folder: UserError
     if backend == "auto":
         return choose_runner(model_dir, device=device, threads=threads)
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(CHOICES)}")
-    return make_concrete_runner(model_dir, backend, device=device, threads=threads)
+    return make_concrete_runner(model_dir, backend, device=device, threads=threads, revision=revision)

@@ -69,16 +69,17 @@ def torch_forward(call: Callable[..., Any], device: Any) -> Forward:
     return forward
 
 
-def load_pytorch(source: str, device: str, threads: int | None) -> Runner:
+def load_pytorch(source: str, device: str, threads: int | None, revision: str | None = None) -> Runner:
+    """fp32 weights (safetensors only); `revision` pins a Hub id."""
     return torch_runner(
-        load_qa_module(source),
+        load_qa_module(source, revision=revision),
         _torch_device(device),
         threads=threads,
         weights_bytes=_torch_weights_bytes(source),
     )
 
 
-def load_pytorch_bf16(source: str, device: str, threads: int | None) -> Runner:
+def load_pytorch_bf16(source: str, device: str, threads: int | None, revision: str | None = None) -> Runner:
     """bf16 weights and activations: the weights are cast, on CPU and GPU alike.
 
     Casting beat autocast on this project's CPU (6x512 student, 1 x 384 tokens, median of 10): 37 ms against
@@ -87,7 +88,7 @@ def load_pytorch_bf16(source: str, device: str, threads: int | None) -> Runner:
     their range (autocast: 0.4%).
     """
     return torch_runner(
-        load_qa_module(source).to(torch.bfloat16),
+        load_qa_module(source, revision=revision).to(torch.bfloat16),
         _torch_device(device),
         name="pytorch-bf16",
         threads=threads,
@@ -95,7 +96,9 @@ def load_pytorch_bf16(source: str, device: str, threads: int | None) -> Runner:
     )
 
 
-def load_pytorch_bf16_compiled(source: str, device: str, threads: int | None) -> Runner:
+def load_pytorch_bf16_compiled(
+    source: str, device: str, threads: int | None, revision: str | None = None
+) -> Runner:
     """The bf16 model compiled by Inductor (`torch.compile`): frozen weights, max-autotune, dynamic shapes.
 
     On this project's CPU (AMX) the paper student at 1 x 384 tokens took 21.6 ms against 31.5 ms in eager
@@ -107,7 +110,7 @@ def load_pytorch_bf16_compiled(source: str, device: str, threads: int | None) ->
     import torch._inductor.config as inductor
     import torch._inductor.select_algorithm as select_algorithm
 
-    runner = load_pytorch_bf16(source, device, threads)
+    runner = load_pytorch_bf16(source, device, threads, revision)
     inductor.freezing = True
     inductor.max_autotune_report_choices_stats = False  # autotuning otherwise prints tables on stderr
     select_algorithm.PRINT_AUTOTUNE = False
@@ -115,7 +118,7 @@ def load_pytorch_bf16_compiled(source: str, device: str, threads: int | None) ->
     forward = torch_forward(compiled, torch.device(runner.device))
     # Warm up with the inputs the tokenizer makes (another set of keyword arguments recompiles) at a
     # realistic window length (autotuning picks kernels for the sizes it first sees).
-    made = load_fast_tokenizer(tokenizer_folder(source)).model_input_names
+    made = load_fast_tokenizer(tokenizer_folder(source), revision).model_input_names
     names = [n for n in runner.input_names if n in made]
     length = min(384, max_tokens(runner.module.config) or 384)
     try:
@@ -142,5 +145,4 @@ def _torch_weights_bytes(source: str) -> int | None:
     folder = Path(source)
     if not folder.is_dir():
         return None
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    return sum(f.stat().st_size for f in files) or None
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) or None  # what loads: never .bin

@@ -1,7 +1,8 @@
 """The concrete backends by name, and how one is loaded: validation, device choice, a log line of what ran.
 
 Each backend is a factory `(source, device, threads) -> Runner` in `BACKENDS`, one engine per module:
-`pytorch.py`, `ort.py` (ONNX Runtime), `ov.py` (OpenVINO). `auto.py` picks one of them by measuring.
+`pytorch.py`, `ort.py` (ONNX Runtime), `ov.py` (OpenVINO); the PyTorch factories also take a `revision`
+keyword for Hub ids. `auto.py` picks one of them by measuring.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.model_folder import local_or_hub
 from tinyroberta_es.runtimes import ort, ov, pytorch
 from tinyroberta_es.runtimes.runner import Runner
 
 log = logging.getLogger(__name__)
 
-BACKENDS: dict[str, Callable[[str, str, int | None], Runner]] = {
+BACKENDS: dict[str, Callable[..., Runner]] = {
     "pytorch": pytorch.load_pytorch,
     "pytorch-bf16": pytorch.load_pytorch_bf16,
     "pytorch-bf16-compiled": pytorch.load_pytorch_bf16_compiled,
@@ -81,14 +83,21 @@ def export_command(model_dir: str | Path, backend: str) -> str:
 
 
 def make_concrete_runner(
-    model_dir: str | Path, backend: str, *, device: str | None = "cpu", threads: int | None = None
+    model_dir: str | Path,
+    backend: str,
+    *,
+    device: str | None = "cpu",
+    threads: int | None = None,
+    revision: str | None = None,
 ) -> Runner:
     """Load the model of `model_dir` (a folder, or a Hub id for the PyTorch backends) with `backend`.
 
     `device` None picks cuda when the backend can use a GPU. The ONNX and OpenVINO backends read the files
     that `tinyroberta-es export` wrote into `<model_dir>/onnx/` (or into `model_dir`, an export folder).
+    `revision` pins a Hub id (PyTorch backends); for a local folder it is an error.
     """
     check_backend(backend)
+    source = local_or_hub(model_dir, revision)  # a missing local path is an error, never a Hub download
     if threads is not None and threads < 1:
         raise UserError(f"threads {threads} must be a positive integer")
     device = device or default_device(backend)
@@ -99,8 +108,8 @@ def make_concrete_runner(
         raise UserError(f"the {backend} backend needs a local model folder; {model_dir} is not one")
     if backend.startswith("openvino") and device != "cpu":
         raise UserError(f"the {backend} backend runs on cpu here, not {device}: pass --device cpu")
-    path = Path(model_dir).expanduser()
-    runner = BACKENDS[backend](str(path) if path.exists() else str(model_dir), device, threads)
+    pinned = {"revision": revision} if revision is not None else {}  # only Hub ids get here with one
+    runner = BACKENDS[backend](source, device, threads, **pinned)
     log.info(
         "backend %s (%s on %s, %s threads): %s parameters, %.1f MB of weights",
         runner.name,
