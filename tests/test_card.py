@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +201,7 @@ def test_body_states_normalisation_speed_protocol_and_citation(summary: dict[str
     assert "6 layers, hidden size 512, 16 attention heads" in body
     assert "SQuAD-es v1.1 train" in body and "first 5,000 questions" in body and "`xquad_es`" in body
     assert "temperature 1" in body and "Layer map: uniform" in body
-    assert "--backend onnx" in body and 'pipeline("question-answering"' in body
+    assert "--backend onnx" in body
     assert "machine translation of SQuAD" in body and "Not tested on legal text." in body
     assert "@article{bazaga2023language" in body and "Li{\\`o}, Pietro" in body
     assert "toy" not in body and "not measured" not in body
@@ -311,7 +312,43 @@ def test_usage_recommends_auto_and_lists_the_exports_that_passed_parity(summary:
     meta, body = split_card(model_card(summary, STUDENT))
     assert "onnx" in meta["tags"] and "openvino" in meta["tags"]
     assert "passed the parity check on onnx, openvino, openvino-int8" in body
-    assert "huggingface-cli download someone/student-6l --local-dir ./student-6l\n" in body
+    assert "hf download someone/student-6l --local-dir ./student-6l\n" in body  # huggingface_hub 1+ CLI
     assert "tinyroberta-es answer --model ./student-6l --backend auto --question" in body
     assert "Or name one: `--backend onnx`, `--backend openvino`, `--backend openvino-int8`." in body
     assert "onnx-int8" not in body.split("## How to use")[1] and "openvino-bf16" not in body
+    assert 'QuestionAnswerer.from_pretrained("./student-6l", backend="auto")' in body
+
+
+def test_usage_shows_the_toolkit_api_and_plain_transformers_not_the_removed_pipeline(
+    summary: dict[str, Any],
+) -> None:
+    summary["recipe"]["card"]["repo_id"] = "someone/student-6l"
+    _, body = split_card(model_card(summary, STUDENT))
+    usage = body.split("## How to use")[1].split("## Limitations")[0]
+    assert "pipeline(" not in usage  # transformers 5 removed the question-answering pipeline
+    assert "```bash\npip install tinyroberta-es\n```" in usage
+    assert 'qa = QuestionAnswerer.from_pretrained("someone/student-6l")\n' in usage
+    assert 'AutoModelForQuestionAnswering.from_pretrained("someone/student-6l")' in usage
+    assert 'tinyroberta-es answer --model someone/student-6l --question "¿Dónde nació Frida Kahlo?"' in usage
+    assert "huggingface-cli" not in usage  # gone from huggingface_hub 1.0; `hf download` replaces it
+
+
+def test_usage_quotes_a_local_folder_for_python_and_bash(summary: dict[str, Any], tmp_path: Path) -> None:
+    folder = tmp_path / "my runs" / 'o"dd'
+    folder.mkdir(parents=True)
+    summary["models"][1]["folder"] = str(folder)
+    _, body = split_card(model_card(summary, STUDENT))
+    assert f"QuestionAnswerer.from_pretrained({json.dumps(str(folder))})" in body
+    assert f"tinyroberta-es answer --model {shlex.quote(str(folder))} --question" in body
+
+
+def test_metadata_parses_as_hub_model_card_data(summary: dict[str, Any]) -> None:
+    from huggingface_hub import ModelCard
+
+    data = ModelCard(model_card(summary, STUDENT)).data
+    assert data.pipeline_tag == "question-answering" and data.library_name == "transformers"
+    assert data.language == ["es"] and data.license == "apache-2.0"
+    assert data.base_model == "PlanTL-GOB-ES/roberta-large-bne"
+    results = {(r.dataset_type, r.metric_type, r.metric_name): r.metric_value for r in data.eval_results}
+    assert results[("google/xquad", "f1", "F1 (mlqa-es normalisation)")] == 56.75
+    assert all(r.task_type == "question-answering" for r in data.eval_results)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyroberta_es.atomic import write_text
+from tinyroberta_es.card_usage import exported_backends, usage
 from tinyroberta_es.config import to_yaml
 from tinyroberta_es.data.sources import DATASETS, normalize_name
 from tinyroberta_es.errors import UserError
@@ -154,23 +155,6 @@ def eval_rows(summary: dict[str, Any], model: str, backend: str | None = None) -
 def distill_config(model: dict[str, Any]) -> dict[str, Any]:
     """The student's DistillConfig as plain data ({} when the summary lacks it)."""
     return model.get("config") or {}
-
-
-def exported_backends(model: dict[str, Any]) -> list[str]:
-    """The ONNX and OpenVINO backends the model was exported to that passed the parity check (neither
-    rejected nor over the F1 budget), in the parity report's order."""
-    from tinyroberta_es.runtimes import engine_of
-
-    export = model.get("export") or {}
-    rejected, budget = set(export.get("rejected", [])), export.get("max_f1_drop")
-    return [
-        b
-        for b, row in export.get("variants", {}).items()
-        if engine_of(b) != "torch"
-        and b not in rejected
-        and row.get("passed") is not False
-        and (budget is None or row.get("f1_drop", 0.0) <= budget)
-    ]
 
 
 def student_shape(folder: str) -> str:
@@ -378,39 +362,6 @@ def labelled_speedups(summary: dict[str, Any], student: str) -> list[str]:
         eager = "; ".join(f"on {_backend(e)} {_ratio(e, seq)}" for e in mine["vs_baseline_eager_fp32"])
         lines.append(f"- Against the teacher's eager fp32 (pytorch): {eager}")
     return lines
-
-
-def usage(summary: dict[str, Any], model: dict[str, Any]) -> str:
-    """Loading with transformers and the tinyroberta-es CLI; with exports, `--backend auto` and the backends
-    that passed the parity check (ONNX Runtime and OpenVINO)."""
-    repo_id = (summary["recipe"].get("card") or {}).get("repo_id")
-    repo = repo_id or model["folder"]
-    question, context = (
-        "¿Dónde nació Frida Kahlo?",
-        "Frida Kahlo nació en Coyoacán, Ciudad de México, en 1907.",
-    )
-    text = (
-        "```python\nfrom transformers import pipeline\n\n"
-        f'qa = pipeline("question-answering", model="{repo}")\n'
-        f'print(qa(question="{question}", context="{context}"))\n```\n\n'
-        f'```bash\ntinyroberta-es answer --model {repo} --question "{question}" --context "{context}"\n```'
-    )
-    if not repo_id:
-        text += f"\n\n`{repo}` is the run's local folder; once pushed to the Hub, use its Hub id instead."
-    backends = exported_backends(model)
-    if backends:
-        # auto and the exported backends read the files of a local folder's `onnx/`
-        local = f"./{model['name']}" if repo_id else model["folder"]
-        download = f"huggingface-cli download {repo_id} --local-dir {local}\n" if repo_id else ""
-        text += (
-            f"\n\nThe export in `onnx/` passed the parity check on {', '.join(backends)} (F1 within the "
-            "export's budget of PyTorch fp32). `--backend auto` measures those (and PyTorch) on your machine "
-            "and keeps the fastest:\n\n"
-            f"```bash\n{download}tinyroberta-es answer --model {local} --backend auto "
-            f'--question "{question}" --context "{context}"\n```\n\n'
-            f"Or name one: {', '.join(f'`--backend {b}`' for b in backends)}."
-        )
-    return text
 
 
 def limitations(summary: dict[str, Any], model: dict[str, Any]) -> str:
