@@ -44,13 +44,24 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def answerer(tmp_path_factory: pytest.TempPathFactory) -> QuestionAnswerer:
     root = tmp_path_factory.mktemp("serve-browser")
     tokenizer = train_tokenizer("bpe", spanish_texts(), root / "tokenizer", vocab_size=1000)
-    answerer = QuestionAnswerer.from_pretrained(
+    return QuestionAnswerer.from_pretrained(
         create_tiny_qa_model(root / "model", tokenizer, seed=3), device="cpu"
     )
+
+
+@pytest.fixture(scope="module")
+def server_url(answerer: QuestionAnswerer) -> Iterator[str]:
     with BackgroundServer(create_app(answerer, ServeConfig(max_context_chars=2000))) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def keyed_url(answerer: QuestionAnswerer) -> Iterator[str]:
+    """A server whose API needs the key "clave-secreta"."""
+    with BackgroundServer(create_app(answerer, ServeConfig(api_key="clave-secreta"))) as server:
         yield server.url
 
 
@@ -67,18 +78,35 @@ def browser() -> Iterator:
 
 
 @pytest.fixture
-def page(browser, server_url: str) -> Iterator:
-    """A fresh page at `/` that records console errors and uncaught exceptions (CSP violations included)."""
-    context = browser.new_context()
-    page = context.new_page()
-    page.problems = []
-    page.on("console", lambda msg: page.problems.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda err: page.problems.append(str(err)))
-    page.goto(server_url + "/")
+def open_page(browser) -> Iterator:
+    """`open_page(url)`: a fresh page that records console errors, uncaught exceptions (CSP violations
+    included) and every request that leaves the server's host."""
+    contexts = []
+
+    def open_at(url: str):
+        context = browser.new_context()
+        contexts.append(context)
+        page = context.new_page()
+        page.problems, page.foreign = [], []
+        host = url.split("/")[2]
+        page.on("console", lambda msg: page.problems.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda err: page.problems.append(str(err)))
+        page.on("request", lambda r: page.foreign.append(r.url) if r.url.split("/")[2] != host else None)
+        page.goto(url)
+        return page
+
+    yield open_at
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(open_page, server_url: str):
+    """The page at `/`, loaded."""
+    page = open_page(server_url + "/")
     # a locator wait, not wait_for_function: the page's CSP forbids eval, which that needs
     page.locator("#about", has_text="modelo").wait_for()
-    yield page
-    context.close()
+    return page
 
 
 def ask(page, question: str, context: str | None = None, top_k: int = 1) -> None:
@@ -134,3 +162,26 @@ def test_errors_are_shown_in_the_page(page):
     assert "invalid_request" in page.text_content("#error")
     assert "question" in page.text_content("#error")
     assert page.is_hidden("#result")
+    assert page.is_hidden("#key-box")  # this server needs no key
+
+
+def test_the_page_sends_the_api_key_the_user_types(open_page, keyed_url):
+    page = open_page(keyed_url + "/")
+    page.locator("#about", has_text="modelo").wait_for()
+    assert page.is_visible("#key-box")
+    ask(page, "¿Dónde nació García Márquez?")
+    page.wait_for_selector("#error:not(.hidden)")
+    assert "unauthorized" in page.text_content("#error")
+    page.fill("#api-key", "clave-secreta")
+    page.click("#ask")
+    page.wait_for_selector("#result:not(.hidden)")
+    assert page.is_hidden("#error") and page.text_content("#answer")
+
+
+def test_the_api_docs_render_offline_from_the_package(open_page, server_url):
+    page = open_page(server_url + "/docs")
+    page.locator(".opblock-summary-path", has_text="/v1/answer/batch").wait_for(timeout=30_000)
+    assert page.locator(".opblock").count() >= 3
+    assert page.foreign == []  # no CDN, no font service: nothing leaves the server
+    blocked = [p for p in page.problems if "Content Security Policy" in p]
+    assert blocked == [], blocked

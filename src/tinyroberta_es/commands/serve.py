@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from tinyroberta_es.commands.predict import (
@@ -12,40 +13,70 @@ from tinyroberta_es.commands.predict import (
     check_inference_flags,
     describe_backend,
 )
+from tinyroberta_es.serve.config import ServeConfig
 
-HELP = "serve a QA model over HTTP: JSON API with server-side batching, /metrics and a web page at /"
+HELP = (
+    "serve a QA model over HTTP: JSON API with server-side batching, /livez /readyz /metrics, /docs and a "
+    "web page at /"
+)
+API_KEY_VARIABLE = "TINYROBERTA_ES_API_KEY"
+LOG_FORMATS = ("text", "json")  # serve.logs.LOG_FORMATS, here without importing the serve extra
 
 log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    d = ServeConfig()  # the defaults live there, once
     parser.add_argument(
         "--model", required=True, help="QA model folder (config, weights, tokenizer) or Hub id"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     add_inference_arguments(parser)  # --backend and --threads among them
-    parser.add_argument("--max-batch", type=int, default=16, help="questions per model call (default 16)")
+    for flag, kind, default, help_text in (
+        ("--max-batch", int, d.max_batch, "questions per model call"),
+        (
+            "--max-batch-tokens",
+            int,
+            d.max_batch_tokens,
+            "tokens per model call (a question larger than this runs alone)",
+        ),
+        ("--batch-wait-ms", float, d.batch_wait_ms, "how long a question waits for others to share its call"),
+        ("--max-context-chars", int, d.max_context_chars, "longer contexts get 413"),
+        ("--max-question-chars", int, d.max_question_chars, "longer questions get 413"),
+        ("--max-batch-items", int, d.max_batch_items, "items (or SQuAD questions) per request, more get 413"),
+        ("--max-body-bytes", int, d.max_body_bytes, "larger bodies get 413"),
+        (
+            "--max-queue-tokens",
+            int,
+            d.max_queue_tokens,
+            "tokens waiting for the model: requests beyond it get 503 with Retry-After, larger ones 413",
+        ),
+        (
+            "--request-timeout-s",
+            float,
+            d.request_timeout_s,
+            "deadline of a request, 504 past it; the header X-Request-Timeout: SECONDS may ask for less",
+        ),
+        (
+            "--shutdown-timeout-s",
+            float,
+            d.shutdown_timeout_s,
+            "on SIGTERM: stop accepting, answer what is queued for up to this long (503 for the rest), exit",
+        ),
+    ):
+        parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default {default})")
     parser.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=5.0,
-        help="how long a question waits for others to share its model call (default 5)",
+        "--api-key-file",
+        default=None,
+        help=f"file holding an API key (or set ${API_KEY_VARIABLE}): /v1/* then need the header "
+        "'Authorization: Bearer KEY' (401 otherwise); the page asks for the key; probes, /docs stay open",
     )
     parser.add_argument(
-        "--max-context-chars", type=int, default=20_000, help="longer contexts get 413 (default 20000)"
-    )
-    parser.add_argument(
-        "--max-batch-items", type=int, default=32, help="items per batch request, more get 413 (default 32)"
-    )
-    parser.add_argument(
-        "--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (default 1000000)"
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=256,
-        help="questions waiting for the model; requests beyond it get 503 with Retry-After (default 256)",
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text lines, or json: one JSON object per line with request_id and access fields (default text)",
     )
 
 
@@ -55,29 +86,64 @@ def run(args: argparse.Namespace) -> None:
     try:
         import uvicorn
 
-        from tinyroberta_es.serve.app import ServeConfig, create_app
+        from tinyroberta_es.serve.app import create_app
+        from tinyroberta_es.serve.lifecycle import RESPONSE_GRACE_S, DrainingServer
+        from tinyroberta_es.serve.logs import configure_logging
     except ImportError as err:
         raise UserError(
-            f"the server needs FastAPI, uvicorn and prometheus-client ({err.name} is missing): "
-            "pip install 'tinyroberta-es[serve]'"
+            f"the server needs FastAPI, uvicorn, prometheus-client and fastapi-offline ({err.name} is "
+            "missing): pip install 'tinyroberta-es[serve]'"
         ) from None
     problems = [] if 0 <= args.port <= 65535 else [f"--port {args.port} must be in 0..65535"]
     check_inference_flags(args, *problems)
     config = ServeConfig(
         max_batch=args.max_batch,
+        max_batch_tokens=args.max_batch_tokens,
         batch_wait_ms=args.batch_wait_ms,
         max_context_chars=args.max_context_chars,
+        max_question_chars=args.max_question_chars,
         max_batch_items=args.max_batch_items,
         max_body_bytes=args.max_body_bytes,
-        max_queue=args.max_queue,
+        max_queue_tokens=args.max_queue_tokens,
+        request_timeout_s=args.request_timeout_s,
+        shutdown_timeout_s=args.shutdown_timeout_s,
         model_name=Path(args.model).name if Path(args.model).is_dir() else args.model,
+        api_key=_api_key(args.api_key_file),
     )
+    configure_logging(args.log_format)
     answerer = answerer_from_args(args)  # /health reports the backend it runs (with auto, the one chosen)
     log.info(
-        "serving %s on %s at http://%s:%d (page at /, API docs at /docs)",
+        "serving %s on %s at http://%s:%d (page at /, API docs at /docs%s); warming up",
         args.model,
         describe_backend(answerer.runner),
         args.host,
         args.port,
+        ", API key required for /v1" if config.api_key else "",
     )
-    uvicorn.run(create_app(answerer, config), host=args.host, port=args.port, log_level="info")
+    app = create_app(answerer, config)
+    server_config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,  # uvicorn's loggers propagate to ours (text or JSON lines)
+        access_log=False,  # RequestContext writes one access line per request, with its id
+        timeout_graceful_shutdown=config.shutdown_timeout_s + RESPONSE_GRACE_S,
+    )
+    DrainingServer(server_config, app.state.lifecycle).run()
+
+
+def _api_key(path: str | None) -> str | None:
+    """The API key from --api-key-file, else from $TINYROBERTA_ES_API_KEY, else None (no key)."""
+    from tinyroberta_es.errors import UserError
+
+    if path is None:
+        return os.environ.get(API_KEY_VARIABLE)
+    try:
+        key = Path(path).read_text("utf-8").strip()
+    except OSError as err:
+        raise UserError(
+            f"--api-key-file {path}: cannot read it ({err.strerror}); give a file holding the key"
+        ) from None
+    if not key:
+        raise UserError(f"--api-key-file {path} is empty: write the key in it")
+    return key

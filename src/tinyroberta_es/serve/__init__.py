@@ -1,5 +1,7 @@
-"""The HTTP server of `tinyroberta-es serve`: a FastAPI app with server-side micro-batching and a web page.
+"""The HTTP server of `tinyroberta-es serve`: a FastAPI app that schedules windows from many requests into
+token-budgeted model calls, with probes, metrics, graceful shutdown and a web page.
 
-Needs the `serve` extra (``pip install tinyroberta-es[serve]``): FastAPI, uvicorn and prometheus-client. The
-submodules import them, so this package itself imports nothing heavy.
+Needs the `serve` extra (``pip install tinyroberta-es[serve]``): FastAPI, uvicorn, prometheus-client and
+fastapi-offline (Swagger UI's files, so /docs works offline). The submodules import them, so this package
+itself imports nothing heavy.
 """

@@ -1,115 +1,116 @@
 """The HTTP API and web page of `tinyroberta-es serve`, as a FastAPI app factory.
 
-Routes: ``POST /v1/answer`` (one question), ``POST /v1/answer/batch`` (several, each with its own top_k),
-``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /`` (the Spanish page), ``/docs`` and
-``/openapi.json``. Every error, whatever raised it (pydantic, routing, a limit, the model), is
-``{"error": code, "detail": message}`` with the status below:
+Routes: ``POST /v1/answer`` (one question), ``POST /v1/answer/batch`` (several, each with its own top_k and an
+optional ``id`` echoed in its result: JSON Lines records ``{"id", "question", "context"}`` fit as items),
+``POST /v1/answer/squad?top_k=N`` (a SQuAD-layout body, answers optional and ignored: one result per question
+with its id, and ``predictions`` as ``{id: answer}``), ``GET /livez`` (the process is up), ``GET /readyz``
+(200 once the model answered its warm-up; 503 before, and while shutting down), ``GET /health`` (/readyz with
+details: model, backend, limits), ``GET /metrics`` (Prometheus text), ``GET /`` (the Spanish page), ``/docs``
+(Swagger UI from installed files, no CDN) and ``/openapi.json``.
+
+How one request is kept from hurting another (per-item checks before queueing, token budgets, deadlines,
+disconnects) is in serve/answering.py; how questions share the model, window by window so that short ones
+never wait behind a long context, in serve/batching.py and serve/engines.py; request ids, JSON logs and
+security headers in serve/middleware.py and serve/logs.py; readiness and graceful shutdown in
+serve/lifecycle.py. Every response carries ``X-Request-Id`` (the client's when sane, else a new one).
+
+Every error, whatever raised it, is ``{"error": code, "detail": message}`` with the status below:
 
 - 400 ``invalid_json``: the body is not JSON (or not UTF-8).
-- 422 ``invalid_request``: the JSON does not fit the schema: a missing, unknown or mistyped field, an empty or
-  whitespace-only question or context, top_k outside 1..20, an empty ``items`` list. All problems at once.
-- 413 ``context_too_long`` / ``too_many_items`` / ``body_too_large``: a size limit of this server
-  (--max-context-chars, --max-batch-items, --max-body-bytes). These are 413, not 422: the request is valid
-  but too big for this server's limits, and the fix is to send less (a shorter context, fewer items), not to
-  correct a value; a client can tell them apart from schema errors by the status alone.
-- 404, 405: unknown route or method. 500 ``model_error``: the model failed on the batch that held the
-  request (the other batches and later requests are unaffected). 503 ``overloaded`` (with ``Retry-After``):
-  more questions would be waiting for the model than --max-queue, so the server sheds load instead of letting
-  every client's latency grow; 503 ``unavailable``: shutting down.
+- 401 ``unauthorized``: the server has an API key (--api-key-file or $TINYROBERTA_ES_API_KEY) and a ``/v1``
+  request did not send ``Authorization: Bearer <key>``. The page, /docs, probes and /metrics stay open.
+- 422 ``invalid_request``: the JSON does not fit the schema (a missing, unknown or mistyped field, an empty
+  question or context, top_k outside 1..20, no items), all problems at once; a SQuAD body the SQuAD reader
+  refuses; a bad ``X-Request-Timeout``; or an item the model's settings cannot answer (e.g. a question so
+  long that --doc-stride no longer fits), named as ``items.N``. Checked per item before queueing: such an
+  item fails its own request only.
+- 413 ``context_too_long`` / ``question_too_long`` / ``too_many_items`` / ``too_many_tokens`` /
+  ``body_too_large``: over a size limit of this server (--max-context-chars, --max-question-chars,
+  --max-batch-items, --max-queue-tokens, --max-body-bytes). The request is valid but too big for this server,
+  and the fix is to send less, so these are 413, told apart from schema errors by the status alone.
+- 404, 405: unknown route or method.
+- 500 ``model_error``: the model failed on this request's questions (run alone after a failed shared batch,
+  so no other request gets it); 500 ``internal_error``: any other failure. Both bodies are generic and name
+  the request id; the details are in the server log under that id.
+- 503 ``overloaded`` (with ``Retry-After``, the queue's drain time in seconds): more tokens would wait for
+  the model than --max-queue-tokens, so the server sheds load instead of letting every latency grow.
+  503 ``unavailable``: shutting down (or the warm-up failed); a request queued when the shutdown began is
+  answered if it can be within --shutdown-timeout-s, else it gets this.
+- 504 ``deadline_exceeded``: not answered within its deadline (--request-timeout-s, or less with the
+  ``X-Request-Timeout`` header in seconds); its questions never reach the model after it.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from http import HTTPStatus
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinyroberta_es import __version__
-from tinyroberta_es.data.schema import Example
+from tinyroberta_es.data.loading import parse_squad
 from tinyroberta_es.errors import UserError
-from tinyroberta_es.extraction import Prediction
-from tinyroberta_es.serve.batching import BatcherClosed, MicroBatcher, ModelError, Overloaded
+from tinyroberta_es.serve.answering import Answerer, Answering, ApiError
+from tinyroberta_es.serve.batching import MicroBatcher
+from tinyroberta_es.serve.config import ServeConfig
+from tinyroberta_es.serve.engines import make_engine
+from tinyroberta_es.serve.lifecycle import Lifecycle
 from tinyroberta_es.serve.limits import BodySizeLimit
 from tinyroberta_es.serve.metrics import MetricsMiddleware, ServerMetrics
+from tinyroberta_es.serve.middleware import ApiKey, RequestContext
 from tinyroberta_es.serve.schema import (
+    MAX_TOP_K,
     AnswerRequest,
     AnswerResponse,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
     HealthResponse,
-    SpanOut,
+    ProbeResponse,
+    SquadRequest,
+    SquadResponse,
 )
+from tinyroberta_es.serve.swagger import add_docs, inline_hashes
 
+log = logging.getLogger(__name__)
 
-@dataclass
-class ServeConfig:
-    """Batching and limits of the server; each field is the `tinyroberta-es serve` flag of the same name."""
-
-    max_batch: int = 16  # questions per model call
-    batch_wait_ms: float = 5.0  # how long the first queued question waits for others to join its batch
-    max_context_chars: int = 20_000  # longer contexts get 413 context_too_long
-    max_batch_items: int = 32  # more items in one batch request get 413 too_many_items
-    max_body_bytes: int = 1_000_000  # larger bodies get 413 body_too_large
-    max_queue: int = 256  # questions waiting for the model; a request that would pass it gets 503 overloaded
-    model_name: str = "model"  # shown by /health (the backend it shows is the answerer's runner's)
-
-    def __post_init__(self) -> None:
-        problems = [
-            f"--{name.replace('_', '-')} {value} must be {rule}"
-            for name, value, ok, rule in (
-                ("max_batch", self.max_batch, self.max_batch >= 1, "at least 1"),
-                ("batch_wait_ms", self.batch_wait_ms, 0 <= self.batch_wait_ms <= 10_000, "in 0..10000"),
-                ("max_context_chars", self.max_context_chars, self.max_context_chars >= 1, "at least 1"),
-                ("max_batch_items", self.max_batch_items, self.max_batch_items >= 1, "at least 1"),
-                ("max_body_bytes", self.max_body_bytes, self.max_body_bytes >= 1024, "at least 1024"),
-                ("max_queue", self.max_queue, self.max_queue >= 1, "at least 1"),
-            )
-            if not ok
-        ]
-        if problems:
-            raise UserError("; ".join(problems))
-
-
-class Answerer(Protocol):
-    """What the server needs of a `QuestionAnswerer`."""
-
-    config: Any  # an InferenceConfig: its null_threshold is read, and its backend (what was asked for)
-    runner: Any  # a runtimes.Runner: /health reports its name and, with --backend auto, its selection
-
-    def predict(self, examples: Sequence[Example], top_k: int = 1) -> list[Prediction]: ...
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "detail": detail}`` with `status`."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+__all__ = ["Answerer", "ServeConfig", "create_app"]
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "invalid_json: the body is not JSON"},
+    401: {"model": ErrorResponse, "description": "unauthorized: the server needs an API key (Bearer)"},
     413: {
         "model": ErrorResponse,
-        "description": "context_too_long, too_many_items or body_too_large: over a server limit",
+        "description": "context_too_long, question_too_long, too_many_items, too_many_tokens or "
+        "body_too_large: over a server limit",
     },
-    422: {"model": ErrorResponse, "description": "invalid_request: the JSON does not fit the schema"},
-    500: {"model": ErrorResponse, "description": "model_error: the model failed on this request's batch"},
-    503: {"model": ErrorResponse, "description": "overloaded (--max-queue; see Retry-After) or unavailable"},
+    422: {"model": ErrorResponse, "description": "invalid_request: the request cannot be answered as sent"},
+    500: {
+        "model": ErrorResponse,
+        "description": "model_error or internal_error (see the log, by request id)",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "overloaded (see Retry-After) or unavailable (shutting down)",
+    },
+    504: {
+        "model": ErrorResponse,
+        "description": "deadline_exceeded (--request-timeout-s, X-Request-Timeout)",
+    },
 }
 _HTTP_CODES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}
 
@@ -119,22 +120,36 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
     config = config or ServeConfig()
     metrics = ServerMetrics()
     batcher = MicroBatcher(
-        answerer.predict,
+        make_engine(answerer),
         max_batch=config.max_batch,
+        max_batch_tokens=config.max_batch_tokens,
         wait_ms=config.batch_wait_ms,
-        null_threshold=getattr(answerer.config, "null_threshold", None),
+        max_queue_tokens=config.max_queue_tokens,
         on_batch=metrics.record_batch,
-        max_queue=config.max_queue,
+        on_drop=metrics.record_drop,
     )
+    backend = _backend(answerer)
+    metrics.watch_queue(batcher)
+    metrics.set_info(model=config.model_name, backend=backend["backend"], version=__version__)
+    lifecycle = Lifecycle(config.shutdown_timeout_s)
+    answering = Answering(answerer, batcher, config, lifecycle)
     page, page_csp = _page()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lifecycle.bind()
+        answering.start()
         await batcher.start()
+        warm_up = asyncio.ensure_future(answering.warm_up())
         try:
             yield
         finally:
-            await batcher.stop()
+            lifecycle.drain()
+            warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm_up
+            await batcher.stop(timeout=lifecycle.drain_time_left())
+            answering.stop()
 
     app = FastAPI(
         title="tinyroberta-es",
@@ -142,73 +157,111 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
         summary="Extractive question answering in Spanish",
         description=__doc__,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.config, app.state.metrics, app.state.batcher = config, metrics, batcher
-
-    async def answer_all(items: list[AnswerRequest]) -> list[AnswerResponse]:
-        too_long = [i for i, item in enumerate(items) if len(item.context) > config.max_context_chars]
-        if too_long:
-            where = (
-                "the context has" if len(items) == 1 else f"the contexts of items {_ranges(too_long)} have"
-            )
-            raise ApiError(
-                413,
-                "context_too_long",
-                f"{where} more than {config.max_context_chars} characters (--max-context-chars); "
-                "send a shorter context or split it",
-            )
-        t0 = time.perf_counter()
-        examples = [
-            Example(id=str(i), question=it.question, context=it.context) for i, it in enumerate(items)
-        ]
-        try:
-            predictions = await batcher.submit_all(
-                [(ex, it.top_k) for ex, it in zip(examples, items, strict=True)]
-            )
-        except Overloaded as err:
-            raise ApiError(503, "overloaded", str(err)) from None
-        ms = (time.perf_counter() - t0) * 1000
-        return [_response(p, ms) for p in predictions]
+    app.state.lifecycle = lifecycle
+    add_docs(app)
+    # With a key, the routes declare Bearer auth, so /docs shows "Authorize"; ApiKey below enforces it.
+    auth = [Depends(HTTPBearer(auto_error=False))] if config.api_key else []
 
     @app.post(
         "/v1/answer",
         response_model=AnswerResponse,
+        response_model_exclude_none=True,
         responses=ERROR_RESPONSES,
+        dependencies=auth,
         summary="Answer one question about one context",
     )
-    async def answer(body: AnswerRequest) -> AnswerResponse:
+    async def answer(body: AnswerRequest, request: Request) -> AnswerResponse:
         t0 = time.perf_counter()
-        [result] = await answer_all([body])
+        [result] = await answering.answer([body], request)
         result.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
         return result
 
     @app.post(
         "/v1/answer/batch",
         response_model=BatchResponse,
+        response_model_exclude_none=True,
         responses=ERROR_RESPONSES,
-        summary="Answer several questions (each with its own context and top_k) in one request",
+        dependencies=auth,
+        summary="Answer several questions (each with its own context, top_k and optional id) in one request",
     )
-    async def answer_batch(body: BatchRequest) -> BatchResponse:
+    async def answer_batch(body: BatchRequest, request: Request) -> BatchResponse:
         t0 = time.perf_counter()
-        if len(body.items) > config.max_batch_items:
-            raise ApiError(
-                413,
-                "too_many_items",
-                f"{len(body.items)} items; the limit is {config.max_batch_items} per request "
-                "(--max-batch-items): split them over several requests",
-            )
-        results = await answer_all(body.items)
+        _check_items(len(body.items), config)
+        results = await answering.answer(body.items, request)
         return BatchResponse(results=results, latency_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+    @app.post(
+        "/v1/answer/squad",
+        response_model=SquadResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=auth,
+        summary="Answer every question of a SQuAD-layout body (answers optional and ignored), by id",
+    )
+    async def answer_squad(
+        body: SquadRequest,
+        request: Request,
+        top_k: int = Query(1, ge=1, le=MAX_TOP_K, description="answers per question"),
+    ) -> SquadResponse:
+        t0 = time.perf_counter()
+        squad = body.model_dump()
+        if squad["version"] is None:
+            del squad["version"]  # inferred, as for a file without one
+        try:
+            dataset = parse_squad(squad, "the body", bad_spans="keep", labels="optional")
+        except UserError as err:
+            raise ApiError(422, "invalid_request", str(err)) from None
+        _check_items(len(dataset.examples), config, what="questions")
+        items = [
+            AnswerRequest.model_construct(question=ex.question, context=ex.context, top_k=top_k, id=ex.id)
+            for ex in dataset.examples
+        ]
+        results = await answering.answer(items, request)
+        return SquadResponse(
+            results=results,
+            predictions={r.id or "": r.answer for r in results},
+            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+        )
+
+    def health_body() -> HealthResponse:
+        limits = {k: int(v) for k, v in asdict(config).items() if k.startswith("max_")}
+        return HealthResponse(
+            status="ok" if lifecycle.ready else lifecycle.state,
+            model=config.model_name,
+            version=__version__,
+            limits=limits,
+            request_timeout_s=config.request_timeout_s,
+            api_key_required=config.api_key is not None,
+            **backend,
+        )
+
+    @app.get("/livez", response_model=ProbeResponse, summary="Liveness: the process is up")
+    async def livez() -> ProbeResponse:
+        return ProbeResponse(status="alive")
+
+    @app.get(
+        "/readyz",
+        response_model=ProbeResponse,
+        responses={503: {"model": ProbeResponse, "description": "starting, draining or failed"}},
+        summary="Readiness: 200 once the model answered its warm-up, 503 before and while shutting down",
+    )
+    async def readyz() -> JSONResponse:
+        status = "ready" if lifecycle.ready else lifecycle.state
+        return JSONResponse({"status": status}, status_code=200 if lifecycle.ready else 503)
 
     @app.get(
         "/health",
         response_model=HealthResponse,
         response_model_exclude_none=True,  # backend_requested and selection only where auto chose
-        summary="Liveness, model, the backend that runs it, and limits",
+        responses={503: {"model": HealthResponse, "description": "not ready: starting, draining or failed"}},
+        summary="Readiness with details: model, the backend that runs it, limits (200 when ready, else 503)",
     )
-    async def health() -> HealthResponse:
-        limits = {k: int(v) for k, v in asdict(config).items() if k.startswith("max_")}
-        return HealthResponse(model=config.model_name, limits=limits, **_backend(answerer))
+    async def health() -> JSONResponse:
+        body = health_body().model_dump(exclude_none=True)
+        return JSONResponse(body, status_code=200 if lifecycle.ready else 503)
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics (text exposition format)")
     async def prometheus_metrics() -> Response:
@@ -218,12 +271,34 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": page_csp})
 
+    _add_error_handlers(app)
+    # The last added middleware is the outermost: RequestContext sees everything (413s and 401s included),
+    # metrics count the 401s and 413s.
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    if config.api_key:
+        app.add_middleware(ApiKey, key=config.api_key.strip())
+    routes = [r.path for r in app.routes if hasattr(r, "path")]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    app.add_middleware(RequestContext)
+    return app
+
+
+def _check_items(n: int, config: ServeConfig, what: str = "items") -> None:
+    if n > config.max_batch_items:
+        raise ApiError(
+            413,
+            "too_many_items",
+            f"{n} {what}; the limit is {config.max_batch_items} per request (--max-batch-items): "
+            "split them over several requests",
+        )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in the ``{"error", "detail"}`` shape (see the module doc for the table)."""
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        response = _error(exc.status, exc.code, exc.detail)
-        if exc.status == 503:
-            response.headers["Retry-After"] = "1"
-        return response
+        return _error(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -246,20 +321,6 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
             detail = f"no route {request.url.path}; see /docs for the API"
         return _error(exc.status_code, code, str(detail))
 
-    @app.exception_handler(ModelError)
-    async def model_error(request: Request, exc: ModelError) -> JSONResponse:
-        return _error(500, "model_error", f"the model failed on the batch that held this request: {exc}")
-
-    @app.exception_handler(BatcherClosed)
-    async def closed(request: Request, exc: BatcherClosed) -> JSONResponse:
-        return _error(503, "unavailable", f"{exc}; retry later")
-
-    # The last added middleware is the outermost: metrics see the 413s of the body limit too.
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
-    routes = [r.path for r in app.routes if hasattr(r, "path")]
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
-    return app
-
 
 def _backend(answerer: Answerer) -> dict[str, Any]:
     """The /health fields of the backend that runs: its name, and with `auto`, what was asked and why."""
@@ -273,20 +334,10 @@ def _backend(answerer: Answerer) -> dict[str, Any]:
     }
 
 
-def _response(prediction: Prediction, latency_ms: float) -> AnswerResponse:
-    return AnswerResponse(
-        answer=prediction.text,
-        is_null=prediction.is_null,
-        answers=[
-            SpanOut(text=s.text, start=s.start, end=s.end, score=s.score, probability=s.probability)
-            for s in prediction.answers
-        ],
-        latency_ms=round(latency_ms, 3),
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        ErrorResponse(error=code, detail=detail).model_dump(), status_code=status, headers=headers
     )
-
-
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=code, detail=detail).model_dump(), status_code=status)
 
 
 def _problem(err: dict[str, Any]) -> str:
@@ -299,28 +350,16 @@ def _problem(err: dict[str, Any]) -> str:
     elif err.get("type") in ("model_attributes_type", "model_type", "dict_type") and not loc:
         message = "the body must be a JSON object, sent with Content-Type: application/json"
     elif err.get("type") == "extra_forbidden":
-        message = "unknown field (allowed: question, context, top_k; items for /v1/answer/batch)"
+        message = "unknown field (allowed: question, context, top_k, id; items for /v1/answer/batch)"
     return f"{where}: {message}"
-
-
-def _ranges(indices: list[int]) -> str:
-    shown = ", ".join(map(str, indices[:10]))
-    return shown + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
 
 
 def _page() -> tuple[str, str]:
     """The web page and a Content-Security-Policy that lets only its own inline script and style run."""
     html = resources.files("tinyroberta_es.serve").joinpath("static/index.html").read_text("utf-8")
-
-    def digest(pattern: str) -> str:
-        blocks = re.findall(pattern, html, flags=re.S)
-        return " ".join(
-            f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks
-        )
-
     csp = (
-        f"default-src 'none'; script-src {digest(r'<script>(.*?)</script>')}; "
-        f"style-src {digest(r'<style>(.*?)</style>')}; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'"
+        f"default-src 'none'; script-src {inline_hashes(html, 'script')}; "
+        f"style-src {inline_hashes(html, 'style')}; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     )
     return html, csp

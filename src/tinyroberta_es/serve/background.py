@@ -1,13 +1,15 @@
 """Run a server in the background, for tests, notebooks and load tests.
 
 `BackgroundServer` runs an app with uvicorn on a thread of this process. Its socket is bound here, to port 0
-unless one is given, before the server starts, so the port is known and nothing can take it in between.
+unless one is given, before the server starts, so the port is known and nothing can take it in between; it
+waits until the app is ready (warmed up) unless told not to, and stops it as SIGTERM would (a drain).
 `ServerProcess` runs the real `tinyroberta-es serve` command in a child process (its own interpreter, so
-the clients of a load test do not share its GIL) and waits until ``/health`` answers.
+the clients of a load test do not share its GIL) and waits until ``/readyz`` answers 200.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -20,12 +22,19 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
+from tinyroberta_es.serve.lifecycle import DrainingServer, Lifecycle
+
 
 class BackgroundServer:
     """``with BackgroundServer(app) as server:`` serves `app` at ``server.url`` until the block ends."""
 
     def __init__(
-        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 30
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout: float = 30,
+        wait_ready: bool = True,
     ) -> None:
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -33,8 +42,13 @@ class BackgroundServer:
         self.host, self.port = self.socket.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
         self.startup_timeout = startup_timeout
+        self.lifecycle: Lifecycle | None = getattr(app.state, "lifecycle", None)
+        self.wait_ready = wait_ready and self.lifecycle is not None
         config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
+        if self.lifecycle is not None:
+            self.server: uvicorn.Server = DrainingServer(config, self.lifecycle)
+        else:
+            self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.socket]}, name="uvicorn", daemon=True
         )
@@ -42,10 +56,12 @@ class BackgroundServer:
     def __enter__(self) -> BackgroundServer:
         self.thread.start()
         deadline = time.monotonic() + self.startup_timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
+        while not self.server.started or (self.wait_ready and not self.lifecycle.ready):  # type: ignore[union-attr]
+            failed = self.lifecycle is not None and self.lifecycle.state == "failed"
+            if failed or not self.thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the server at {self.url} did not start within {self.startup_timeout} s")
+                why = "failed its warm-up" if failed else f"did not start within {self.startup_timeout} s"
+                raise RuntimeError(f"the server at {self.url} {why}")
             time.sleep(0.02)
         return self
 
@@ -58,7 +74,9 @@ class BackgroundServer:
         self.stop()
 
     def stop(self, timeout: float = 30) -> None:
-        """Ask the server to finish its requests and stop; wait for its thread."""
+        """Ask the server to finish its requests and stop (a drain, as on SIGTERM); wait for its thread."""
+        if isinstance(self.server, DrainingServer):
+            self.server.request_exit()
         self.server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(timeout)
@@ -73,25 +91,35 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerProcess:
-    """``with ServerProcess(["--model", path]) as server:`` runs `tinyroberta-es serve` at ``server.url``."""
+    """``with ServerProcess(["--model", path]) as server:`` runs `tinyroberta-es serve` at ``server.url``.
 
-    def __init__(self, args: list[str], log_path: str | Path, startup_timeout: float = 120) -> None:
+    `env` adds variables to the child's environment.
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: str | Path,
+        startup_timeout: float = 120,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "tinyroberta_es.cli", "serve", *args, "--port", str(self.port)]
         self.log_path = Path(log_path)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
+        self.env = None if env is None else os.environ | env
 
     def __enter__(self) -> ServerProcess:
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.process.returncode}: {self.log()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
                     if response.status == 200:
                         return self
             except OSError:
@@ -99,7 +127,7 @@ class ServerProcess:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
-                    f"the server did not answer /health in {self.startup_timeout} s: {self.log()}"
+                    f"the server was not ready (/readyz) in {self.startup_timeout} s: {self.log()}"
                 )
             time.sleep(0.1)
 

@@ -1,9 +1,13 @@
 """Refuse request bodies larger than a byte limit before the app parses them.
 
-A declared ``Content-Length`` over the limit is refused at once, without reading the body. Otherwise (chunked
-uploads have no length, and a length can lie) the body is read and counted as it arrives, and refused as
-soon as the count passes the limit; a body within the limit is handed to the app unchanged. Bodies are small
-(the limit defaults to 1 MB) and the app would buffer them anyway to parse the JSON.
+A declared ``Content-Length`` over the limit is refused without handing anything to the app. Otherwise
+(chunked uploads have no length, and a length can lie) the body is read and counted as it arrives, and
+refused as soon as the count passes the limit; a body within the limit is handed to the app unchanged. Bodies
+are small (the limit defaults to 1 MB) and the app would buffer them anyway to parse the JSON.
+
+Before refusing, up to `DRAIN_FACTOR` times the limit of the body is read and thrown away: closing a socket
+with unread data makes the kernel send a reset, which can reach the client before the 413 does, so a client
+would see "connection reset" instead of the answer. Larger bodies are cut off at once.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+DRAIN_FACTOR = 8  # bytes read and discarded before a 413, in multiples of the limit
 
 
 class BodySizeLimit:
@@ -26,6 +32,8 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= DRAIN_FACTOR * self.max_bytes:
+                await self._drain(receive, 0)
             await self._refuse(send, f"Content-Length {int(declared)}")
             return
         messages: list[Message] = []
@@ -36,6 +44,8 @@ class BodySizeLimit:
                 return  # the client went away; nobody to answer
             size += len(message.get("body", b""))
             if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await self._drain(receive, size)
                 await self._refuse(send, f"more than {self.max_bytes} bytes received")
                 return
             messages.append(message)
@@ -46,6 +56,14 @@ class BodySizeLimit:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive, size: int) -> None:
+        """Read and discard the rest of the body, up to DRAIN_FACTOR times the limit in all."""
+        while size <= DRAIN_FACTOR * self.max_bytes:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
 
     async def _refuse(self, send: Send, seen: str) -> None:
         body = json.dumps(
