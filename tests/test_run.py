@@ -285,17 +285,23 @@ def test_openvino_backends_that_failed_or_missed_the_parity_check_are_unavailabl
         "pytorch": {"f1": 50.0},
         "openvino": {"f1": 49.5, "f1_drop": 0.5, "passed": True},
         "openvino-bf16": {"f1": 47.5, "f1_drop": 2.5, "passed": False},  # shares openvino's files
-        "openvino-int8": {"f1": 46.0, "f1_drop": 4.0, "passed": False},
+        "openvino-int8": {
+            "f1": 46.0,
+            "f1_drop": 4.0,
+            "passed": False,
+            "failed": ["loses 4.00 F1 (max 1)", "gives 61.0% identical answers (min 70%)"],
+        },
     }
     files = ["model.xml", "model.bin", "model.int8.rejected.xml", "model.int8.rejected.bin"]
     folder = str(exported_folder(tmp_path / "student", variants, ["openvino-int8"], files))
     assert unavailable(folder, "openvino") is None
     assert unavailable(folder, "openvino-bf16") == (
-        f"failed the export's parity check: loses 2.50 F1 on sample_dev (budget 1.00); see "
+        f"failed the export's parity check on sample_dev (loses 2.50 F1, budget 1.00); see "
         f"{folder}/onnx/parity.json"
     )
-    assert unavailable(folder, "openvino-int8").startswith(
-        "rejected by the export's parity check: loses 4.00 F1 on sample_dev (budget 1.00)"
+    assert unavailable(folder, "openvino-int8").startswith(  # the reasons the row records, both gates
+        "rejected by the export's parity check on sample_dev (loses 4.00 F1 (max 1); "
+        "gives 61.0% identical answers (min 70%))"
     )
     assert unavailable(folder, "openvino-int8-bf16").startswith("no export at")  # no row, no file
     assert unavailable(folder, "pytorch") is None and unavailable(folder, "auto") is None
@@ -328,7 +334,9 @@ class FakeAnswerer:
         self.runner = SimpleNamespace(name=chosen, selection=selection)
 
     def predict(self, examples, progress=False):
-        return [SimpleNamespace(id=ex.id, text="", null_score_diff=0.0) for ex in examples]
+        return [
+            SimpleNamespace(id=ex.id, text="", null_score_diff=0.0, null_probability=0.5) for ex in examples
+        ]
 
 
 def test_an_auto_evaluation_row_names_the_backend_auto_chose_and_why(tmp_path, monkeypatch):
@@ -386,7 +394,7 @@ def test_the_bench_stage_leaves_out_a_backend_whose_files_failed_parity_and_merg
     assert rows[0]["speedup_vs_first"]["fixed_b1"] == 1.0 and rows[2]["backend_requested"] == "openvino"
     (skipped,) = written["skipped"]  # the teacher is not exported: its openvino rows are not missed
     assert (skipped["model"], skipped["backend"]) == ("student-2l", "openvino-bf16")
-    assert skipped["reason"].startswith("failed the export's parity check: loses 3.00 F1 on sample_dev")
+    assert skipped["reason"].startswith("failed the export's parity check on sample_dev (loses 3.00 F1")
     assert written["config"]["models"] == ["runs/smoke/teacher", "runs/smoke/student-2l"]
     assert written["baseline"] == {"model": "teacher", "backend": "pytorch"}
 
