@@ -70,7 +70,10 @@ class SpanOut(BaseModel):
     start: int = Field(description="character offset of the first character in the context")
     end: int = Field(description="character offset one past the last character")
     score: float = Field(description="start logit + end logit")
-    probability: float = Field(description="the model's probability of this span (see the README)")
+    probability: float = Field(
+        description="p_start * p_end: the start and end softmaxes over the context tokens of the window the "
+        "span was read from (with the null answer's position for v2 models); independent of top_k"
+    )
 
 
 class AnswerResponse(BaseModel):
