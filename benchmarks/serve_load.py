@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tinyroberta_es import atomic
 from tinyroberta_es.bench import machine_info
@@ -49,6 +48,7 @@ from tinyroberta_es.serve.load import (
     Limits,
     PlannedRequest,
     build_plan,
+    metric_total,
     poisson_times,
     run_load,
     run_schedule,
@@ -101,15 +101,6 @@ def windows_of(args: argparse.Namespace, requests: list[PlannedRequest]) -> floa
         examples, tokenizer, max_length=args.max_length, doc_stride=args.max_length // 2
     )
     return len(features) / len(examples)
-
-
-def window_counts(url: str) -> float:
-    """Windows the server has run so far (its /metrics)."""
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == "tinyroberta_es_batch_windows_sum":
-                return sample.value
-    raise RuntimeError("the server's /metrics has no tinyroberta_es_batch_windows_sum")
 
 
 def interference_phase(
@@ -244,9 +235,12 @@ def main() -> None:
         asyncio.run(run_load(server.url, without_long[:64], concurrency=args.concurrency))  # warm-up
         report["mixed"], _ = phase(server.url, plan, args.concurrency)
         print(json.dumps(report["mixed"], indent=2), flush=True)
-        before = window_counts(server.url)
+        windows = "tinyroberta_es_batch_windows_sum"
+        before = metric_total(server.url, windows)
         report["without_long"], _ = phase(server.url, without_long, args.concurrency)
-        windows_per_s = (window_counts(server.url) - before) / report["without_long"]["wall_s"]
+        windows_per_s = (metric_total(server.url, windows) - before) / report["without_long"]["wall_s"]
+        if windows_per_s <= 0:
+            raise RuntimeError(f"the server's /metrics counted no windows ({windows}): cannot set the rates")
         print(json.dumps(report["without_long"], indent=2), flush=True)
         report["interference"] = interference_phase(args, server.url, plan, windows_per_s)
     report["sigterm"] = sigterm_phase(args, examples, logs / "sigterm.log")

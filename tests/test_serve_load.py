@@ -15,13 +15,11 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tinyroberta_es.data.schema import Example
 from tinyroberta_es.serve.background import ServerProcess
-from tinyroberta_es.serve.load import Limits, build_plan, run_load, summarize
+from tinyroberta_es.serve.load import Limits, build_plan, metric_total, run_load, summarize
 from tinyroberta_es.tiny import SPANISH_TEXTS, create_tiny_qa_model, spanish_texts, train_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -79,10 +77,6 @@ def test_load_mixed_requests_all_answered_without_server_errors(tmp_path: Path):
 
 def _batch_stats(url: str) -> tuple[float, float]:
     """(model calls, questions answered) so far, from the server's /metrics."""
-    values = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            values[sample.name] = sample.value
-    return values.get("tinyroberta_es_batch_size_count", 0.0), values.get(
-        "tinyroberta_es_batch_size_sum", 0.0
+    return metric_total(url, "tinyroberta_es_batch_size_count"), metric_total(
+        url, "tinyroberta_es_batch_size_sum"
     )

@@ -165,19 +165,7 @@ async def run_load(
 
         async def worker() -> None:
             for i in next_index:
-                t0 = time.perf_counter()
-                try:
-                    response = await client.post(plan[i].route, content=plan[i].body, headers=send_headers)
-                    try:
-                        body = response.json()
-                    except json.JSONDecodeError:
-                        body = response.text
-                    results[i] = Result(response.status_code, 0.0, body, headers=dict(response.headers))
-                except httpx.ConnectError:
-                    results[i] = Result(None, 0.0, error="refused")
-                except httpx.HTTPError as err:
-                    results[i] = Result(None, 0.0, error=type(err).__name__)
-                results[i].ms = (time.perf_counter() - t0) * 1000
+                results[i] = await _send(client, plan[i], send_headers)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return [r for r in results if r is not None]
@@ -210,22 +198,38 @@ async def run_schedule(
 
         async def send(request: PlannedRequest, at: float) -> Result:
             await asyncio.sleep(max(0.0, at - (time.perf_counter() - start)))
-            t0 = time.perf_counter()
-            try:
-                response = await client.post(request.route, content=request.body, headers=send_headers)
-                try:
-                    body = response.json()
-                except json.JSONDecodeError:
-                    body = response.text
-                result = Result(response.status_code, 0.0, body, headers=dict(response.headers))
-            except httpx.ConnectError:
-                result = Result(None, 0.0, error="refused")
-            except httpx.HTTPError as err:
-                result = Result(None, 0.0, error=type(err).__name__)
-            result.ms = (time.perf_counter() - t0) * 1000
-            return result
+            return await _send(client, request, send_headers)
 
         return list(await asyncio.gather(*(send(q, t) for q, t in zip(plan, times, strict=True))))
+
+
+async def _send(client: httpx.AsyncClient, request: PlannedRequest, headers: dict[str, str]) -> Result:
+    """Post one request; its status, parsed body and latency, or for no response the error's kind."""
+    t0 = time.perf_counter()
+    try:
+        response = await client.post(request.route, content=request.body, headers=headers)
+        try:
+            body = response.json()
+        except json.JSONDecodeError:
+            body = response.text
+        result = Result(response.status_code, 0.0, body, headers=dict(response.headers))
+    except httpx.ConnectError:
+        result = Result(None, 0.0, error="refused")
+    except httpx.HTTPError as err:
+        result = Result(None, 0.0, error=type(err).__name__)
+    result.ms = (time.perf_counter() - t0) * 1000
+    return result
+
+
+def metric_total(url: str, name: str) -> float:
+    """The value of sample `name` in a server's /metrics (0.0 when absent: nothing counted yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return 0.0
 
 
 def check(request: PlannedRequest, result: Result) -> str | None:
