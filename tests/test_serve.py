@@ -834,7 +834,9 @@ def test_serve_command_serves_the_api_and_the_page_with_json_logs(model_dir, tmp
 @pytest.mark.slow
 def test_sigterm_under_load_answers_or_refuses_every_accepted_request_and_exits_in_time(model_dir, tmp_path):
     long_context = " ".join([CONTEXT] * 100)[:20_000]  # tens of windows each: the queue fills
+    # A queue that takes all 24, so every 503 here is the shutdown's (a full queue would say "overloaded").
     args = ["--model", str(model_dir), "--max-batch", "2", "--shutdown-timeout-s", "3", "--threads", "1"]
+    args += ["--max-queue-tokens", "10000000"]
     with ServerProcess(args, tmp_path / "serve.log") as server:
         results: list = []
         body = {"question": "¿Cuándo?", "context": long_context}
