@@ -19,7 +19,8 @@ from cli_helpers import assert_one_line_error, run_cli
 from test_run import SAMPLE, SMALL, cli_env, overrides
 from tinyroberta_es.config import from_dict
 from tinyroberta_es.recipe import Recipe, load_recipe
-from tinyroberta_es.workflow import check_recipe, plan
+from tinyroberta_es.recipe_checks import check_recipe
+from tinyroberta_es.workflow import plan
 
 TEACHER = "runs/smoke/teacher"
 

@@ -13,8 +13,8 @@ from tinyroberta_es.config import from_dict
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.onnx_export import ExportConfig
 from tinyroberta_es.recipe import ExportSection, Recipe, load_recipe
+from tinyroberta_es.recipe_checks import check_recipe
 from tinyroberta_es.runtimes import CHOICES
-from tinyroberta_es.workflow import check_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in ROOT.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tinyroberta_es import report
+from tinyroberta_es import report, report_plots
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.speedups import labelled_speedups
 
@@ -227,7 +227,7 @@ def test_renders_without_evaluation_rows(summary: dict[str, Any], tmp_path: Path
 
 
 def test_metrics_log_skips_a_cut_line(summary: dict[str, Any]) -> None:
-    curves = report.training_curves(summary)
+    curves = report_plots.training_curves(summary)
     assert list(curves) == ["student-2l"]  # the teacher has no log, student-1l's file is missing
     loss, f1 = curves["student-2l"]
     assert loss == [(10, 18.0), (20, 12.0), (30, 9.0)]

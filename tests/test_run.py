@@ -25,16 +25,12 @@ from cli_helpers import assert_one_line_error, run_cli, torchrun_cli
 from tinyroberta_es.config import apply_overrides, from_dict
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.recipe import Recipe, load_recipe
+from tinyroberta_es.recipe_checks import check_recipe
+from tinyroberta_es.run_backends import backends_of, unavailable
+from tinyroberta_es.run_benchmarks import bench_models
+from tinyroberta_es.run_evaluation import _mtime, evaluate_models
 from tinyroberta_es.stages import Stage, StageRecords, changed_settings
-from tinyroberta_es.workflow import (
-    _mtime,
-    backends_of,
-    bench_models,
-    check_recipe,
-    evaluate_models,
-    plan,
-    unavailable,
-)
+from tinyroberta_es.workflow import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "recipes" / "smoke.yaml"

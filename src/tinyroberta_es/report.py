@@ -1,66 +1,33 @@
 """The report of a `tinyroberta-es run`: `report.md`, a self-contained `report.html` and two plots.
 
 The input is the run's `summary.json` as a plain dict. Every table is built once as data (`accuracy_rows`,
-`speed_rows`, `speedup_rows`, `export_rows`), the report once as a list of blocks, and the blocks are
-rendered twice:
-markdown (plots by relative path) and HTML (inline CSS, plots as base64 data URIs, every summary string
-escaped), so both files always say the same thing.
+`speed_rows`, `speedup_rows`, `export_rows`, ...) and the report once as a list of blocks (`blocks`), rendered
+by `report_render` as markdown and as HTML; the plots are drawn by `report_plots`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tinyroberta_es import atomic
 from tinyroberta_es.config import to_yaml
+from tinyroberta_es.report_plots import gradient_shares, plot_f1_latency, plot_training_curves
+from tinyroberta_es.report_render import (
+    Block,
+    Code,
+    Heading,
+    Image,
+    Para,
+    Table,
+    render_html,
+    render_markdown,
+)
 from tinyroberta_es.summary import auto_choices
 
 log = logging.getLogger(__name__)
-
-CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:80rem;margin:2rem auto;padding:0 1rem;color:#222}"
-    "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}"
-    "th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}"
-    "th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
-    "pre{background:#f6f6f6;padding:1rem;overflow:auto}img{max-width:100%}.t{text-align:left}"
-)
-_NUMBER = re.compile(r"^[-+]?[\d.,]*\d[\d.,e+-]*\s*(x|%|[/\d. ]*)$|^$|^-$")
-
-
-@dataclass(frozen=True)
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str
-    code: str = ""  # shown after `text` as inline code (a command)
-
-
-@dataclass(frozen=True)
-class Table:
-    rows: list[dict[str, str]]  # one dict per row, column name -> formatted cell
-
-
-@dataclass(frozen=True)
-class Image:
-    path: Path
-    alt: str
-
-
-@dataclass(frozen=True)
-class Code:
-    text: str
-
 
 ACCURACY_NOTE = (
     "EM and F1 under {primary} normalisation first; 95% CI: percentile bootstrap over the questions (1000 "
@@ -89,14 +56,16 @@ UNEXPORTED_TEACHER = (
     "so best against best also credits the students with their export; set export.teacher: true to compare "
     "each model on its own best engine."
 )
-Block = Heading | Para | Table | Image | Code
 
 
 def write_report(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write report.md, report.html (self-contained) and the plots into out_dir; return the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     curves, scatter = out_dir / "training_curves.png", out_dir / "f1_latency.png"
-    drawn = {curves: plot_training_curves(summary, curves), scatter: plot_f1_latency(summary, scatter)}
+    scattered = plot_f1_latency(
+        f1_latency_points(summary), summary.get("teacher"), first_dataset(summary), scatter
+    )
+    drawn = {curves: plot_training_curves(summary, curves), scatter: scattered}
     for path in (p for p, ok in drawn.items() if not ok):
         path.unlink(missing_ok=True)  # left by an earlier report in this folder: report.md would not use it
     doc = blocks(summary, *(p if ok else None for p, ok in drawn.items()))
@@ -375,6 +344,15 @@ def first_dataset(summary: dict[str, Any]) -> str | None:
     return ((summary.get("evaluation") or {}).get("datasets") or [None])[0]
 
 
+def f1_latency_points(summary: dict[str, Any]) -> list[tuple[float, float, str, str]]:
+    """(batch-1 latency ms, F1, model, backend) per benchmark row with an F1 (first dataset, primary
+    normalisation): the points of the F1-latency plot."""
+    dataset = first_dataset(summary)
+    rows = (summary.get("bench") or {}).get("rows") or []
+    scored = [(r, f1_of(summary, r["model"], r["backend"], dataset)) for r in rows]
+    return [(r["latency_ms_b1"], f1, r["model"], r["backend"]) for r, f1 in scored if f1 is not None]
+
+
 def _f1(row: dict[str, Any], norm: str | None) -> float | None:
     return row.get("scores", {}).get(norm, {}).get("f1")
 
@@ -413,189 +391,3 @@ def loss_balance_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
                     }
                 )
     return rows
-
-
-def gradient_shares(log_file: Path) -> dict[str, dict[str, list[float]]]:
-    """Stage -> loss group -> its share of the gradient norm at each measure, from a student's metrics log
-    and, for a two-stage schedule, the first stage's beside it (`<folder>.stage1/metrics.jsonl`). Stages:
-    `intermediate` and `prediction` (two-stage) or `all` (one-stage); stages without measures left out."""
-    first = log_file.parent.with_name(f"{log_file.parent.name}.stage1") / log_file.name
-    stages = [("intermediate", first), ("prediction" if first.is_file() else "all", log_file)]
-    out = {}
-    for stage, path in stages:
-        measured = [r for r in (read_metrics_log(path) if path.is_file() else []) if _has_shares(r)]
-        groups = dict.fromkeys(k for r in measured for k in r if k.startswith("share_"))
-        if groups:
-            out[stage] = {k.removeprefix("share_"): [r[k] for r in measured if k in r] for k in groups}
-    return out
-
-
-def _has_shares(row: dict[str, Any]) -> bool:
-    return any(k.startswith("share_") for k in row)
-
-
-def read_metrics_log(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl, skipping lines that do not parse (a killed run can cut the last one)."""
-    rows = []
-    # errors="replace": a kill can also cut a UTF-8 character in two; that line then fails to parse
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int | float):
-            rows.append(row)
-    return rows
-
-
-def training_curves(summary: dict[str, Any]) -> dict[str, tuple[list[tuple[float, float]], ...]]:
-    """Per model with a metrics log on disk: ([(step, train loss)], [(step, dev F1)]), empty logs left out."""
-    curves = {}
-    for m in summary.get("models", []):
-        path = Path(m["metrics_log"]) if m.get("metrics_log") else None
-        if path is None or not path.is_file():
-            continue
-        rows = read_metrics_log(path)
-        # null marks a non-finite value (a diverged run): no point to plot
-        loss = [(r["step"], r["loss"]) for r in rows if "eval" not in r and r.get("loss") is not None]
-        evals = [r for r in rows if isinstance(r.get("eval"), dict) and r["eval"].get("f1") is not None]
-        f1 = [(r["step"], r["eval"]["f1"]) for r in evals]
-        if loss or f1:
-            curves[m["name"]] = (loss, f1)
-    return curves
-
-
-def plot_training_curves(summary: dict[str, Any], path: Path) -> bool:
-    """Training loss and dev F1 against step, one line per model; False (nothing written) without curves."""
-    curves = training_curves(summary)
-    if not curves:
-        return False
-    plt = _pyplot()
-    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, (loss, f1) in curves.items():
-        if loss:
-            ax_loss.plot(*zip(*loss, strict=True), label=_label(name))
-        if f1:
-            ax_f1.plot(*zip(*f1, strict=True), marker="o", label=_label(name))
-    for ax, what in ((ax_loss, "training loss"), (ax_f1, "dev F1")):
-        ax.set_xlabel("step")
-        ax.set_ylabel(what)
-        ax.set_title(f"{what} against step")
-        if ax.has_data():
-            ax.legend(fontsize=8)
-    _save(fig, path)
-    return True
-
-
-def plot_f1_latency(summary: dict[str, Any], path: Path) -> bool:
-    """F1 (first dataset, primary normalisation) against batch-1 latency per benchmark row; False if none."""
-    dataset, teacher = first_dataset(summary), summary.get("teacher")
-    rows = (summary.get("bench") or {}).get("rows") or []
-    scored = [(r, f1_of(summary, r["model"], r["backend"], dataset)) for r in rows]
-    points = [(r["latency_ms_b1"], f1, r["model"], r["backend"]) for r, f1 in scored if f1 is not None]
-    if not points:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for x, y, model, backend in points:
-        star = model == teacher  # the teacher stands out: a big red star
-        ax.scatter(
-            x, y, s=160 if star else 40, marker="*" if star else "o", c="crimson" if star else "tab:blue"
-        )
-        label = _label(f"{model} {backend}" + (" (teacher)" if star else ""))
-        ax.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(plt.LogFormatter())  # 1, 10 ms rather than 10^0, 10^1
-    ax.xaxis.set_minor_formatter(plt.LogFormatter())  # 2, 3 ... labelled when the span is short
-    ax.set_xlabel("latency, batch 1, end to end (ms, median, log scale)")
-    ax.set_ylabel(f"F1 on {dataset}")
-    ax.set_title("F1 against latency")
-    ax.grid(True, which="both", alpha=0.3)
-    _save(fig, path)
-    return True
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        from tinyroberta_es.errors import UserError
-
-        raise UserError("the report's plots need matplotlib: pip install 'tinyroberta-es[bench]'") from None
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _label(text: str) -> str:
-    return text.replace("$", r"\$")  # a name with two $ would otherwise be parsed as mathtext
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")  # "tight": labels past the axes too
-    plt.close(fig)
-
-
-def render_markdown(doc: list[Block]) -> str:
-    """The blocks as markdown; images by their file name, next to report.md."""
-    out = []
-    for b in doc:
-        if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {b.text}")
-        elif isinstance(b, Para):
-            out.append(f"{b.text} `{b.code}`" if b.code else b.text)
-        elif isinstance(b, Table):
-            out.append(_markdown_table(list(b.rows[0]), b.rows))
-        elif isinstance(b, Image):
-            out.append(f"![{b.alt}]({b.path.name})")
-        else:
-            fence = "````" if "```" in b.text else "```"
-            out.append(f"{fence}yaml\n{b.text.rstrip()}\n{fence}")
-    return "\n\n".join(out) + "\n"
-
-
-def render_html(doc: list[Block], title: str) -> str:
-    """The blocks as one self-contained HTML page: inline CSS, images as data URIs, all text escaped."""
-    e = html.escape
-    out = []
-    for b in doc:
-        if isinstance(b, Heading):
-            out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            out.append(f"<p>{e(b.text)}" + (f" <code>{e(b.code)}</code>" if b.code else "") + "</p>")
-        elif isinstance(b, Table):
-            out.append(_html_table(list(b.rows[0]), b.rows))
-        elif isinstance(b, Image):
-            data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-            out.append(f'<p><img alt="{e(b.alt)}" src="data:image/png;base64,{data}"></p>')
-        else:
-            out.append(f"<pre>{e(b.text)}</pre>")
-    head, body = f'<meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style>', "\n".join(out)
-    return f'<!doctype html>\n<html lang="en"><head>{head}</head>\n<body>\n{body}\n</body></html>\n'
-
-
-def _markdown_table(header: list[str], rows: list[dict[str, str]]) -> str:
-    def cell(text: str) -> str:
-        return str(text).replace("|", r"\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(r.get(h, "")) for h in header) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _html_table(header: list[str], rows: list[dict[str, str]]) -> str:
-    def tr(tag: str, cells: list[str]) -> str:
-        return "<tr>" + "".join(f"<{tag}{_align(c)}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
-
-    body = "".join(tr("td", [r.get(h, "") for h in header]) for r in rows)
-    return f"<table><thead>{tr('th', header)}</thead><tbody>{body}</tbody></table>"
-
-
-def _align(cell: str) -> str:
-    """Numbers right-aligned (the stylesheet's default), text left-aligned."""
-    return "" if _NUMBER.match(str(cell)) else ' class="t"'
