@@ -32,93 +32,75 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        ns = "tinyroberta_es"
+        own = {"namespace": "tinyroberta_es", "registry": self.registry}  # every metric's prefix and registry
         self.requests = Counter(
             "requests",
             "HTTP requests by route, method and status code",
             ["route", "method", "status"],
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
         self.latency = Histogram(
             "request_latency_seconds",
             "HTTP request latency (first byte received to response sent) by route",
             ["route"],
             buckets=LATENCY_BUCKETS,
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
-        self.in_flight = Gauge(
-            "requests_in_flight", "HTTP requests being served", namespace=ns, registry=self.registry
-        )
+        self.in_flight = Gauge("requests_in_flight", "HTTP requests being served", **own)
         self.batch_size = Histogram(
             "batch_size",
             "questions with windows in a model call (a long context's windows can span several calls)",
             buckets=BATCH_BUCKETS,
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
         self.model_seconds = Histogram(
             "model_seconds",
             "seconds per model call (tokenization, forward pass, span extraction)",
             buckets=LATENCY_BUCKETS,
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
-
         self.batch_windows = Histogram(
             "batch_windows",
             "windows (model inputs of max_seq_length tokens) per batch",
             buckets=WINDOW_BUCKETS,
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
         self.batch_tokens = Histogram(
             "batch_tokens",
             "tokens per batch (the budget that --max-batch-tokens caps)",
             buckets=TOKEN_BUCKETS,
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
         self.queue_wait = Histogram(
             "queue_wait_seconds",
             "seconds a question waited in the queue before its batch went to the model",
             buckets=LATENCY_BUCKETS,
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
-        self.queue_questions = Gauge(
-            "queue_questions", "questions waiting for the model", namespace=ns, registry=self.registry
-        )
-        self.queue_tokens = Gauge(
-            "queue_tokens", "tokens of the questions waiting", namespace=ns, registry=self.registry
-        )
+        self.queue_questions = Gauge("queue_questions", "questions waiting for the model", **own)
+        self.queue_tokens = Gauge("queue_tokens", "tokens of the questions waiting", **own)
         self.batch_retries = Counter(
             "batch_retries",
             "model calls that failed on a batch of several questions, which were then run one by one",
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
         self.model_failures = Counter(
             "model_failures",
             "questions the model failed on when run alone (answered with model_error)",
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
         self.dropped = Counter(
             "dropped_questions",
             "questions dropped before reaching the model: deadline passed, or cancelled (client went away)",
             ["reason"],
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
         for reason in DROP_REASONS:
             self.dropped.labels(reason)  # both series exist from the start, at 0
         self.info = Info(
             "model",
             "the model served, its backend and the package version",
-            namespace=ns,
-            registry=self.registry,
+            **own,
         )
 
     def record_batch(self, stats: BatchStats) -> None:
