@@ -237,7 +237,7 @@ def test_the_backend_help_names_every_choice(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("command", MODEL_COMMANDS)
-def test_an_unknown_backend_is_one_line_naming_the_choices_before_any_work(command, tmp_path, capsys):
+def test_bad_inference_flags_are_one_line_naming_each_before_any_work(command, tmp_path, capsys):
     """Checked before the dataset and the model are read: neither exists here, and neither is named."""
     missing = str(tmp_path / "missing.json")
     rest = {
@@ -247,11 +247,11 @@ def test_an_unknown_backend_is_one_line_naming_the_choices_before_any_work(comma
         "serve": [],
     }[command]
     argv = [command, "--model", str(tmp_path / "no-model"), *rest, "--backend", "onnxx", "--batch-size", "0"]
-    status, _, err = run_cli(capsys, *argv)
+    status, _, err = run_cli(capsys, *argv, "--null-threshold", "nan")
     choices = ", ".join(CHOICES)
-    assert_one_line_error(
-        status, err, f"--backend 'onnxx' is unknown: choose one of {choices}", "--batch-size 0"
-    )
+    unknown = f"--backend 'onnxx' is unknown: choose one of {choices}"
+    nan = "--null-threshold nan is not a finite number"  # with NaN no question would ever be unanswered
+    assert_one_line_error(status, err, unknown, "--batch-size 0", nan)
     assert "missing.json" not in err and "no-model" not in err
 
 

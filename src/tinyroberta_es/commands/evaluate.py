@@ -271,11 +271,6 @@ def run(args: argparse.Namespace) -> None:
             f"--na-prob-thresh {args.na_prob_thresh} is not a finite number: give one "
             "(default 1.0: on probabilities, the predictions stand)"
         )
-    if args.null_threshold is not None and not math.isfinite(args.null_threshold):
-        raise UserError(
-            f"--null-threshold {args.null_threshold} is not a finite number: give one "
-            "(a large one answers every question that has a span)"
-        )
     if args.model is not None and args.na_probs:
         raise UserError("with --model the no-answer scores come from the model: drop --na-probs")
     if args.model is not None:

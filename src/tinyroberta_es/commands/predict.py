@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +95,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def inference_flag_problems(args: argparse.Namespace) -> list[str]:
-    """What is wrong with the shared inference flags: a size below 1, a --backend that does not exist."""
+    """What is wrong with the shared inference flags: a size below 1, a null threshold that is not a finite
+    number, a --backend that does not exist."""
     from tinyroberta_es.runtimes import CHOICES
 
     problems = [
@@ -102,6 +104,11 @@ def inference_flag_problems(args: argparse.Namespace) -> list[str]:
         for flag in ("max_length", "doc_stride", "batch_size", "threads")
         if (value := getattr(args, flag)) is not None and value < 1
     ]
+    if args.null_threshold is not None and not math.isfinite(args.null_threshold):
+        problems.append(
+            f"--null-threshold {args.null_threshold} is not a finite number: give one "
+            "(a large one answers every question that has a span)"
+        )
     if args.backend not in CHOICES:
         problems.append(f"--backend {args.backend!r} is unknown: choose one of {', '.join(CHOICES)}")
     return problems
