@@ -532,6 +532,24 @@ def test_openvino_only_export_calibrating_on_the_parity_questions_says_so(tmp_pa
 
 
 @needs_openvino
+def test_an_earlier_exports_rows_are_kept_only_under_the_same_gates(tmp_path, sample, capsys):
+    """Rows of a format not exported now stay in parity.json only when they were judged by the same check."""
+    model_dir = tiny_model(tmp_path, "bpe", sample)
+    base = ["export", "--model", str(model_dir), "--dev-limit", "5", *SAMPLE, *WINDOW_FLAGS]
+    gates = ["--max-f1-drop", "100", "--min-identical", "0"]
+    assert run_cli(capsys, *base, "--format", "onnx", *gates)[0] == 0
+    parity_json = model_dir / "onnx" / "parity.json"
+    assert run_cli(capsys, *base, "--format", "openvino", *gates)[0] == 0
+    report = json.loads(parity_json.read_text(encoding="utf-8"))
+    assert {"onnx", "openvino"} <= set(report["variants"])  # same check: the ONNX rows are kept
+    status, _, err = run_cli(capsys, *base, "--format", "openvino", "--max-f1-drop", "100")
+    assert status == 0, err
+    report = json.loads(parity_json.read_text(encoding="utf-8"))
+    # another identical-answers gate: the ONNX rows' verdicts no longer hold, so they are not carried over
+    assert "openvino" in report["variants"] and not any(b.startswith("onnx") for b in report["variants"])
+
+
+@needs_openvino
 def test_a_rejected_openvino_int8_is_kept_aside_and_a_stale_one_removed(
     tmp_path, sample, capsys, monkeypatch
 ):

@@ -359,11 +359,14 @@ def _runner(backend: str, path: Path) -> Runner:
 
 
 def _keep_earlier_rows(path: Path, report: dict[str, Any], config: ExportConfig) -> dict[str, Any]:
-    """This export's rows, plus an earlier parity.json's rows of formats not exported now (same check)."""
+    """This export's rows, plus an earlier parity.json's rows of formats not exported now, when that export
+    made the same check: the same questions and windows, and the same gates (a row's `passed` is its verdict
+    under them)."""
     if not path.is_file():
         return report["variants"]
     earlier = json.loads(path.read_text(encoding="utf-8"))
-    same = all(earlier.get(k) == report[k] for k in ("dev", "questions", "max_length", "doc_stride"))
+    check = ("dev", "questions", "max_length", "doc_stride", "max_f1_drop", "min_identical")
+    same = all(earlier.get(k) == report[k] for k in check)
     if not same:
         return report["variants"]
     formats = {"onnx": "onnx", "openvino": "openvino"}
