@@ -44,8 +44,8 @@ from tinyroberta_es.data.schema import Example
 from tinyroberta_es.features import prepare_features
 from tinyroberta_es.model_folder import load_fast_tokenizer
 from tinyroberta_es.serve.background import ServerProcess
+from tinyroberta_es.serve.config import ServeConfig
 from tinyroberta_es.serve.load import (
-    Limits,
     PlannedRequest,
     build_plan,
     metric_total,
@@ -217,8 +217,7 @@ def main() -> None:
     if not XQUAD_ES.is_file():
         raise SystemExit(f"{XQUAD_ES} is missing: this benchmark needs ../shared/data")
     examples = list(load_dataset(str(XQUAD_ES)).examples)
-    limits = Limits()  # the server's defaults
-    plan = build_plan(examples, args.requests, seed=1, limits=limits)
+    plan = build_plan(examples, args.requests, seed=1, config=ServeConfig())  # the server's defaults
     without_long = [q for q in plan if q.kind != "long"]
     logs = Path(tempfile.mkdtemp(prefix="serve-load-"))  # the servers' logs: large, not results
     print(f"server logs in {logs}", flush=True)

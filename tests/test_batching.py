@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from serve_helpers import until
 from tinyroberta_es.data.schema import Example
 from tinyroberta_es.extraction import Prediction, Span
 from tinyroberta_es.serve.batching import (
@@ -93,12 +94,6 @@ async def started(model: FakeModel, **options) -> AsyncIterator[MicroBatcher]:
 async def in_model(model: FakeModel) -> None:
     """Wait (off the event loop) until a batch with "wait" is inside the model."""
     assert await asyncio.to_thread(model.entered.wait, 30)
-
-
-async def until(condition) -> None:
-    """Let the event loop run until `condition()` holds."""
-    while not condition():
-        await asyncio.sleep(0.001)
 
 
 def test_calls_fill_the_question_and_token_budgets_and_a_job_too_large_for_a_call_runs_alone():

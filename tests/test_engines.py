@@ -7,16 +7,16 @@ import asyncio
 import dataclasses
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from serve_helpers import build_tiny_model
 from tinyroberta_es.data.schema import Example
 from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 from tinyroberta_es.serve.batching import MicroBatcher, ModelError
 from tinyroberta_es.serve.engines import PredictEngine, WindowEngine, make_engine, merge_windows
-from tinyroberta_es.tiny import SPANISH_TEXTS, create_tiny_qa_model, spanish_texts, train_tokenizer
+from tinyroberta_es.tiny import SPANISH_TEXTS
 
 # Small windows, so that a context of a few sentences makes many of them.
 CONFIG = InferenceConfig(max_length=48, doc_stride=16, max_query_length=16)
@@ -24,11 +24,8 @@ CONFIG = InferenceConfig(max_length=48, doc_stride=16, max_query_length=16)
 
 @pytest.fixture(scope="module")
 def qa(tmp_path_factory: pytest.TempPathFactory) -> QuestionAnswerer:
-    root: Path = tmp_path_factory.mktemp("engines")
-    tokenizer = train_tokenizer("bpe", spanish_texts(), root / "tokenizer", vocab_size=1000)
-    return QuestionAnswerer.from_pretrained(
-        create_tiny_qa_model(root / "model", tokenizer, seed=3), CONFIG, "cpu"
-    )
+    model = build_tiny_model(tmp_path_factory.mktemp("engines"))
+    return QuestionAnswerer.from_pretrained(model, CONFIG, "cpu")
 
 
 def examples() -> list[Example]:

@@ -19,16 +19,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from serve_helpers import build_tiny_model, until
 from tinyroberta_es import __version__
 from tinyroberta_es.cli import main
+from tinyroberta_es.commands.serve import API_KEY_VARIABLE, _api_key
 from tinyroberta_es.data.schema import Example
+from tinyroberta_es.errors import UserError
 from tinyroberta_es.inference import InferenceConfig, QuestionAnswerer
 from tinyroberta_es.serve.app import ServeConfig, create_app
 from tinyroberta_es.serve.background import BackgroundServer, ServerProcess
 from tinyroberta_es.serve.engines import truncate
-from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
+from tinyroberta_es.serve.load import sample_value
 
 # An emoji first: every offset after it differs between code points (the API) and UTF-16 units.
 CONTEXT = (
@@ -48,12 +50,6 @@ LIMITS = {
     "max_body_bytes": 20_000,
     "batch_wait_ms": 2,
 }
-
-
-def build_tiny_model(root: Path) -> Path:
-    """A tiny random RoBERTa-like QA model folder (byte-level BPE tokenizer) under `root`."""
-    tokenizer = train_tokenizer("bpe", spanish_texts(), root / "tokenizer", vocab_size=1000)
-    return create_tiny_qa_model(root / "model", tokenizer, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +82,7 @@ def client(serve) -> httpx.Client:
 
 def metric(client: httpx.Client, name: str, **labels: str) -> float:
     """The value of one sample of /metrics (0 when absent)."""
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
+    return sample_value(client.get("/metrics").text, name, **labels)
 
 
 def assert_answer(body: dict, context: str, top_k: int = 1) -> None:
@@ -623,14 +615,6 @@ def test_unlabeled_questions_in_batch_items_and_in_squad_layout_are_answered_by_
     assert refused.status_code == 422 and "duplicate" in refused.json()["detail"]
 
 
-async def until(condition, timeout: float = 30) -> None:
-    """Wait until `condition()` holds (polling), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
-
-
 def slow(seconds: float):
     return lambda examples: time.sleep(seconds)
 
@@ -676,7 +660,7 @@ def test_a_request_past_its_deadline_gets_504_and_its_question_never_reaches_the
     async def go() -> list:
         async with httpx.AsyncClient(base_url=url, timeout=30) as ac:
             first = asyncio.ensure_future(ac.post(*requests[0][:1], json=requests[0][1]))
-            await until(lambda: "¿Primera?" in qa.seen)  # the first is in the model
+            await until(lambda: "¿Primera?" in qa.seen, interval=0.02)  # the first is in the model
             rest = [ac.post(route, json=body, headers=headers) for route, body, headers in requests[1:]]
             return [*(await asyncio.gather(*rest)), await first]
 
@@ -700,7 +684,7 @@ def test_the_question_of_a_client_that_went_away_never_reaches_the_model(serve, 
             holder = asyncio.ensure_future(
                 ac.post("/v1/answer", json={"question": "¿Bloqueo?", "context": CONTEXT})
             )
-            await until(lambda: "¿Bloqueo?" in qa.seen)  # the model is busy with it
+            await until(lambda: "¿Bloqueo?" in qa.seen, interval=0.02)  # the model is busy with it
             with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
                 await ac.post(
                     "/v1/answer", json={"question": "¿Abandonada?", "context": CONTEXT}, timeout=1.0
@@ -769,7 +753,8 @@ def test_on_shutdown_queued_requests_are_answered_or_get_503_and_readyz_turns_50
     requests = [("/v1/answer", {"question": f"¿Dónde {i}?", "context": CONTEXT}, {}) for i in range(8)]
     sender = threading.Thread(target=lambda: results.extend(fire(server.url, requests)))
     sender.start()
-    asyncio.run(until(lambda: app.state.batcher.queued_questions >= 6))  # one in the model, the rest queued
+    # one in the model, the rest queued
+    asyncio.run(until(lambda: app.state.batcher.queued_questions >= 6, interval=0.02))
     stopper = threading.Thread(target=server.stop)
     t0 = time.monotonic()
     stopper.start()
@@ -788,8 +773,17 @@ def test_on_shutdown_queued_requests_are_answered_or_get_503_and_readyz_turns_50
             assert_answer(r.json(), CONTEXT)
 
 
+def test_the_api_key_is_stripped_once_whether_it_comes_from_a_file_or_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv(API_KEY_VARIABLE, " k3y\n")
+    assert ServeConfig(api_key=_api_key(None)).api_key == "k3y"
+    (tmp_path / "key.txt").write_text("k3y\r\n")
+    assert ServeConfig(api_key=_api_key(str(tmp_path / "key.txt"))).api_key == "k3y"
+    with pytest.raises(UserError, match="the API key is empty"):
+        ServeConfig(api_key=" \n")
+
+
 def test_with_an_api_key_v1_needs_it_and_everything_else_stays_open(serve):
-    client = serve(api_key="s3cret-key")
+    client = serve(api_key="s3cret-key\n")  # as read from a file or variable: the newline is not the key
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret-key"}):
         refused = client.post("/v1/answer", json=OK, headers=headers)
         assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"

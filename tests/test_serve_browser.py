@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from serve_helpers import build_tiny_model
 from tinyroberta_es.inference import QuestionAnswerer
 from tinyroberta_es.serve.app import ServeConfig, create_app
 from tinyroberta_es.serve.background import BackgroundServer
-from tinyroberta_es.tiny import create_tiny_qa_model, spanish_texts, train_tokenizer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -45,11 +45,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def answerer(tmp_path_factory: pytest.TempPathFactory) -> QuestionAnswerer:
-    root = tmp_path_factory.mktemp("serve-browser")
-    tokenizer = train_tokenizer("bpe", spanish_texts(), root / "tokenizer", vocab_size=1000)
-    return QuestionAnswerer.from_pretrained(
-        create_tiny_qa_model(root / "model", tokenizer, seed=3), device="cpu"
-    )
+    model = build_tiny_model(tmp_path_factory.mktemp("serve-browser"))
+    return QuestionAnswerer.from_pretrained(model, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from serve_helpers import build_tiny_model
 from tinyroberta_es.data.schema import Example
 from tinyroberta_es.serve.background import ServerProcess
-from tinyroberta_es.serve.load import Limits, build_plan, metric_total, run_load, summarize
-from tinyroberta_es.tiny import SPANISH_TEXTS, create_tiny_qa_model, spanish_texts, train_tokenizer
+from tinyroberta_es.serve.config import ServeConfig
+from tinyroberta_es.serve.load import build_plan, metric_total, run_load, summarize
+from tinyroberta_es.tiny import SPANISH_TEXTS
 
 pytestmark = pytest.mark.slow
 
-LIMITS = Limits(max_context_chars=20_000, max_batch_items=4, max_body_bytes=100_000)
+LIMITS = ServeConfig(max_context_chars=20_000, max_batch_items=4, max_body_bytes=100_000)
 SERVER_FLAGS = {
     "--max-batch": 16,
     "--batch-wait-ms": 5,
@@ -49,10 +51,9 @@ def examples() -> list[Example]:
 
 
 def test_load_mixed_requests_all_answered_without_server_errors(tmp_path: Path):
-    tokenizer = train_tokenizer("bpe", spanish_texts(), tmp_path / "tokenizer", vocab_size=1000)
-    model = create_tiny_qa_model(tmp_path / "model", tokenizer, seed=3)
+    model = build_tiny_model(tmp_path)
     flags = [str(x) for pair in SERVER_FLAGS.items() for x in pair]
-    plan = build_plan(examples(), 400, limits=LIMITS, seed=0)
+    plan = build_plan(examples(), 400, config=LIMITS, seed=0)
     with ServerProcess(["--model", str(model), *flags], tmp_path / "serve.log") as server:
         asyncio.run(run_load(server.url, [q for q in plan if q.kind == "short"][:32], concurrency=16))
         before = _batch_stats(server.url)

@@ -13,14 +13,15 @@ from tinyroberta_es.commands.predict import (
     check_inference_flags,
     describe_backend,
 )
+from tinyroberta_es.errors import UserError
 from tinyroberta_es.serve.config import ServeConfig
+from tinyroberta_es.serve.logs import LOG_FORMATS  # serve.logs imports only the standard library
 
 HELP = (
     "serve a QA model over HTTP: JSON API with server-side batching, /livez /readyz /metrics, /docs and a "
     "web page at /"
 )
 API_KEY_VARIABLE = "TINYROBERTA_ES_API_KEY"
-LOG_FORMATS = ("text", "json")  # serve.logs.LOG_FORMATS, here without importing the serve extra
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tinyroberta_es.errors import UserError
-
     try:
         import uvicorn
 
@@ -133,9 +132,10 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _api_key(path: str | None) -> str | None:
-    """The API key from --api-key-file, else from $TINYROBERTA_ES_API_KEY, else None (no key)."""
-    from tinyroberta_es.errors import UserError
+    """The API key from --api-key-file, else from $TINYROBERTA_ES_API_KEY, else None (no key).
 
+    ServeConfig strips the key; the file's is stripped here too, to tell an empty file apart.
+    """
     if path is None:
         return os.environ.get(API_KEY_VARIABLE)
     try:

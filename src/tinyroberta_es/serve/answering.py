@@ -35,6 +35,7 @@ from starlette.requests import Request
 from tinyroberta_es.data.schema import Example
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.extraction import Prediction
+from tinyroberta_es.prediction_files import first_ids
 from tinyroberta_es.serve.batching import (
     BatcherClosed,
     DeadlineExceeded,
@@ -42,6 +43,7 @@ from tinyroberta_es.serve.batching import (
     ModelError,
     Overloaded,
 )
+from tinyroberta_es.serve.config import ServeConfig
 from tinyroberta_es.serve.engines import QueueItem
 from tinyroberta_es.serve.lifecycle import Lifecycle
 from tinyroberta_es.serve.schema import AnswerRequest, AnswerResponse, SpanOut
@@ -77,7 +79,9 @@ class ApiError(Exception):
 class Answering:
     """Validate, queue and await the items of requests (see the module doc); one per app."""
 
-    def __init__(self, answerer: Answerer, batcher: MicroBatcher, config: Any, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, answerer: Answerer, batcher: MicroBatcher, config: ServeConfig, lifecycle: Lifecycle
+    ) -> None:
         self.answerer, self.batcher, self.config, self.lifecycle = answerer, batcher, config, lifecycle
         self._executor: ThreadPoolExecutor | None = None
 
@@ -106,7 +110,7 @@ class Answering:
 
     async def answer(self, items: Sequence[AnswerRequest], request: Request) -> list[AnswerResponse]:
         """The answers to `items` in order, or an `ApiError`."""
-        if self.lifecycle.state == "draining":
+        if self.lifecycle.draining:
             raise ApiError(503, "unavailable", "the server is shutting down; retry on another instance")
         if self.lifecycle.state == "failed":
             raise ApiError(503, "unavailable", "the model failed its warm-up; see the server log")
@@ -122,12 +126,12 @@ class Answering:
             raise ApiError(422, "invalid_request", "; ".join(f"{where(i)}{why}" for i, why in problems))
         queue = [p for p in prepared if isinstance(p, QueueItem)]
         tokens = sum(q.tokens for q in queue)
-        if self.batcher.max_queue_tokens is not None and tokens > self.batcher.max_queue_tokens:
+        if tokens > self.config.max_queue_tokens:
             raise ApiError(
                 413,
                 "too_many_tokens",
                 f"the request is {tokens} tokens, more than the queue holds (--max-queue-tokens "
-                f"{self.batcher.max_queue_tokens}): send fewer items or shorter contexts",
+                f"{self.config.max_queue_tokens}): send fewer items or shorter contexts",
             )
         t0 = time.perf_counter()
         predictions = await self.wait(queue, deadline, request)
@@ -176,7 +180,9 @@ class Answering:
             over = [i for i, item in enumerate(items) if len(getattr(item, field)) > limit]
             if over:
                 where = (
-                    f"the {field} has" if len(items) == 1 else f"the {field}s of items {_ranges(over)} have"
+                    f"the {field} has"
+                    if len(items) == 1
+                    else f"the {field}s of items {first_ids(over, n=10)} have"
                 )
                 raise ApiError(
                     413, code, f"{where} more than {limit} characters ({flag}); send a shorter {field}"
@@ -260,8 +266,3 @@ def _response(prediction: Prediction, latency_ms: float, item_id: str | None) ->
         ],
         latency_ms=round(latency_ms, 3),
     )
-
-
-def _ranges(indices: list[int]) -> str:
-    shown = ", ".join(map(str, indices[:10]))
-    return shown + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")

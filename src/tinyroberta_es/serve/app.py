@@ -70,7 +70,7 @@ from tinyroberta_es.serve.engines import make_engine
 from tinyroberta_es.serve.lifecycle import Lifecycle
 from tinyroberta_es.serve.limits import BodySizeLimit
 from tinyroberta_es.serve.metrics import MetricsMiddleware, ServerMetrics
-from tinyroberta_es.serve.middleware import ApiKey, RequestContext
+from tinyroberta_es.serve.middleware import ApiKey, RequestContext, error_response
 from tinyroberta_es.serve.schema import (
     MAX_TOP_K,
     AnswerRequest,
@@ -276,7 +276,7 @@ def create_app(answerer: Answerer, config: ServeConfig | None = None) -> FastAPI
     # metrics count the 401s and 413s.
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     if config.api_key:
-        app.add_middleware(ApiKey, key=config.api_key.strip())
+        app.add_middleware(ApiKey, key=config.api_key)
     routes = [r.path for r in app.routes if hasattr(r, "path")]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     app.add_middleware(RequestContext)
@@ -298,7 +298,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.detail, exc.headers)
+        return error_response(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -306,10 +306,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         for err in errors:
             if err["type"] == "json_invalid":
                 reason = err.get("ctx", {}).get("error", "JSON decode error")
-                return _error(
+                return error_response(
                     400, "invalid_json", f"the body is not valid JSON: {reason} at character {err['loc'][-1]}"
                 )
-        return _error(422, "invalid_request", "; ".join(_problem(err) for err in errors))
+        return error_response(422, "invalid_request", "; ".join(_problem(err) for err in errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -319,7 +319,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             detail = "the body could not be parsed; send UTF-8 JSON"
         elif exc.status_code == 404:
             detail = f"no route {request.url.path}; see /docs for the API"
-        return _error(exc.status_code, code, str(detail))
+        return error_response(exc.status_code, code, str(detail))
 
 
 def _backend(answerer: Answerer) -> dict[str, Any]:
@@ -332,12 +332,6 @@ def _backend(answerer: Answerer) -> dict[str, Any]:
         "backend_requested": answerer.config.backend,
         "selection": runner.selection,
     }
-
-
-def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        ErrorResponse(error=code, detail=detail).model_dump(), status_code=status, headers=headers
-    )
 
 
 def _problem(err: dict[str, Any]) -> str:

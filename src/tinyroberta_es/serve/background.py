@@ -9,7 +9,6 @@ the clients of a load test do not share its GIL) and waits until ``/readyz`` ans
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -91,17 +90,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerProcess:
-    """``with ServerProcess(["--model", path]) as server:`` runs `tinyroberta-es serve` at ``server.url``.
-
-    `env` adds variables to the child's environment.
-    """
+    """``with ServerProcess(["--model", path]) as server:`` runs `tinyroberta-es serve` at ``server.url``."""
 
     def __init__(
         self,
         args: list[str],
         log_path: str | Path,
         startup_timeout: float = 120,
-        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -109,11 +104,10 @@ class ServerProcess:
         self.log_path = Path(log_path)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
-        self.env = None if env is None else os.environ | env
 
     def __enter__(self) -> ServerProcess:
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.process.poll() is not None:

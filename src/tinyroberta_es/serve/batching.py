@@ -109,7 +109,6 @@ class MicroBatcher:
         max_queue_tokens: int | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_drop: DropHook | None = None,
-        tokens_per_s: float = FALLBACK_TOKENS_PER_S,
         aging_calls: int = AGING_CALLS,
     ) -> None:
         self.engine = engine
@@ -119,7 +118,7 @@ class MicroBatcher:
         self.max_queue_tokens = max_queue_tokens  # None: no limit
         self.on_batch = on_batch
         self.on_drop = on_drop
-        self.tokens_per_s = tokens_per_s  # replaced by the first measured call, then an EWMA
+        self.tokens_per_s = FALLBACK_TOKENS_PER_S  # replaced by the first measured call, then an EWMA
         self.aging_calls = aging_calls
         self._measured = False
         self._pending: list[Job] = []  # jobs with parts not yet given to the model, in arrival order
@@ -200,8 +199,8 @@ class MicroBatcher:
             return []
         request_tokens = sum(item.tokens for item in items)
         limit = self.max_queue_tokens
-        # A request alone in an empty queue is always admitted: otherwise one larger than the limit (which the
-        # per-request limits already bound) could never be answered, whatever Retry-After said.
+        # A request alone in an empty queue is always admitted: otherwise one larger than the limit could
+        # never be answered, whatever Retry-After said (the server answers those 413 before they get here).
         if limit is not None and self._pending and self._queued_tokens + request_tokens > limit:
             retry_after = max(1, math.ceil(self.drain_seconds()))
             raise Overloaded(

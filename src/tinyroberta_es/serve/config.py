@@ -50,7 +50,9 @@ class ServeConfig:
             )
             if not ok
         ]
-        if self.api_key is not None and not self.api_key.strip():
+        if self.api_key is not None:
+            self.api_key = self.api_key.strip()  # a key read from a file or variable, its newline dropped
+        if self.api_key is not None and not self.api_key:
             problems.append("the API key is empty: put the key in the file (or unset the variable)")
         if problems:
             raise UserError("; ".join(problems))

@@ -26,7 +26,6 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 RESPONSE_GRACE_S = 2.0  # after the drain deadline: time to write the last answers and 503s
-STATES = ("starting", "ready", "draining", "failed")
 
 
 class Lifecycle:

@@ -34,18 +34,11 @@ import httpx
 import numpy as np
 
 from tinyroberta_es.data.schema import Example
+from tinyroberta_es.serve.config import ServeConfig
+from tinyroberta_es.timing import P99_MIN_SAMPLES
 
 JSON = {"content-type": "application/json"}
 KINDS = ("short", "long", "malformed", "oversized")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The server's size limits the plan is built against (its `serve` flags)."""
-
-    max_context_chars: int = 20_000
-    max_batch_items: int = 32
-    max_body_bytes: int = 1_000_000
 
 
 @dataclass
@@ -72,13 +65,16 @@ def build_plan(
     *,
     shares: dict[str, float] | None = None,
     long_chars: int = 20_000,
-    limits: Limits | None = None,
+    config: ServeConfig | None = None,
     seed: int = 0,
 ) -> list[PlannedRequest]:
-    """`n` requests: `shares` of long, malformed and oversized ones (default 10% each), the rest short."""
+    """`n` requests: `shares` of long, malformed and oversized ones (default 10% each), the rest short.
+
+    Oversized requests are built against `config`'s size limits (default: the server's defaults).
+    """
     shares = shares if shares is not None else {"long": 0.1, "malformed": 0.1, "oversized": 0.1}
-    limits = limits or Limits()
-    if long_chars > limits.max_context_chars:
+    config = config or ServeConfig()
+    if long_chars > config.max_context_chars:
         raise ValueError(f"long contexts of {long_chars} characters are over --max-context-chars")
     unknown = set(shares) - set(KINDS[1:])
     if unknown:
@@ -101,7 +97,7 @@ def build_plan(
             route, body = _malformed(i, example)
             plan.append(PlannedRequest(kind, route, body))
         else:
-            route, body, code = _oversized(i, example, limits)
+            route, body, code = _oversized(i, example, config)
             plan.append(PlannedRequest(kind, route, body, code=code))
     return plan
 
@@ -134,13 +130,13 @@ def _malformed(i: int, example: Example) -> tuple[str, bytes]:
     return ("/v1/answer/batch" if body.startswith(b'{"items"') else "/v1/answer"), body
 
 
-def _oversized(i: int, example: Example, limits: Limits) -> tuple[str, bytes, str]:
+def _oversized(i: int, example: Example, config: ServeConfig) -> tuple[str, bytes, str]:
     ok = {"question": example.question, "context": example.context}
-    long_context = (example.context + " ") * (limits.max_context_chars // max(len(example.context), 1) + 1)
+    long_context = (example.context + " ") * (config.max_context_chars // max(len(example.context), 1) + 1)
     cases = [
-        ("/v1/answer", ok | {"context": long_context[: limits.max_context_chars + 1]}, "context_too_long"),
-        ("/v1/answer/batch", {"items": [ok] * (limits.max_batch_items + 1)}, "too_many_items"),
-        ("/v1/answer", ok | {"context": "x" * (limits.max_body_bytes + 1)}, "body_too_large"),
+        ("/v1/answer", ok | {"context": long_context[: config.max_context_chars + 1]}, "context_too_long"),
+        ("/v1/answer/batch", {"items": [ok] * (config.max_batch_items + 1)}, "too_many_items"),
+        ("/v1/answer", ok | {"context": "x" * (config.max_body_bytes + 1)}, "body_too_large"),
     ]
     route, body, code = cases[i % len(cases)]
     return route, json.dumps(body).encode(), code
@@ -153,19 +149,17 @@ async def run_load(
     concurrency: int = 32,
     timeout_s: float = 120,
     fresh_connections: bool = False,
-    headers: dict[str, str] | None = None,
 ) -> list[Result]:
     """Send `plan` from `concurrency` clients; one `Result` per request, in plan order."""
     results: list[Result | None] = [None] * len(plan)
     next_index = iter(range(len(plan)))
     keepalive = 0 if fresh_connections else concurrency
     pool = httpx.Limits(max_connections=concurrency, max_keepalive_connections=keepalive)
-    send_headers = JSON | (headers or {})
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=pool) as client:
 
         async def worker() -> None:
             for i in next_index:
-                results[i] = await _send(client, plan[i], send_headers)
+                results[i] = await _send(client, plan[i])
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return [r for r in results if r is not None]
@@ -186,28 +180,26 @@ async def run_schedule(
     times: Sequence[float],
     *,
     timeout_s: float = 120,
-    headers: dict[str, str] | None = None,
 ) -> list[Result]:
     """Send request i at `times[i]` seconds after the start, however many are in flight (open loop)."""
     if len(times) != len(plan):
         raise ValueError(f"{len(times)} times for {len(plan)} requests")
-    send_headers = JSON | (headers or {})
     pool = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=pool) as client:
         start = time.perf_counter()
 
         async def send(request: PlannedRequest, at: float) -> Result:
             await asyncio.sleep(max(0.0, at - (time.perf_counter() - start)))
-            return await _send(client, request, send_headers)
+            return await _send(client, request)
 
         return list(await asyncio.gather(*(send(q, t) for q, t in zip(plan, times, strict=True))))
 
 
-async def _send(client: httpx.AsyncClient, request: PlannedRequest, headers: dict[str, str]) -> Result:
+async def _send(client: httpx.AsyncClient, request: PlannedRequest) -> Result:
     """Post one request; its status, parsed body and latency, or for no response the error's kind."""
     t0 = time.perf_counter()
     try:
-        response = await client.post(request.route, content=request.body, headers=headers)
+        response = await client.post(request.route, content=request.body, headers=JSON)
         try:
             body = response.json()
         except json.JSONDecodeError:
@@ -221,13 +213,18 @@ async def _send(client: httpx.AsyncClient, request: PlannedRequest, headers: dic
     return result
 
 
-def metric_total(url: str, name: str) -> float:
-    """The value of sample `name` in a server's /metrics (0.0 when absent: nothing counted yet)."""
+def metric_total(url: str, name: str, **labels: str) -> float:
+    """`sample_value` of `name` and `labels` in a server's /metrics."""
+    return sample_value(httpx.get(f"{url}/metrics").text, name, **labels)
+
+
+def sample_value(exposition: str, name: str, **labels: str) -> float:
+    """The first sample `name` with `labels` among its labels (0.0 when absent: nothing counted yet)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+    for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
-            if sample.name == name:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
 
@@ -254,12 +251,12 @@ def check(request: PlannedRequest, result: Result) -> str | None:
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float] | None:
-    """p50, p90, p99 and max in ms (p99 only from 100 samples or more), None without values."""
+    """p50, p90, p99 and max in ms (p99 only from `P99_MIN_SAMPLES` samples), None without values."""
     if not len(values):
         return None
     a = np.asarray(values)
     out = {f"p{q}": round(float(np.percentile(a, q)), 1) for q in (50, 90)}
-    out["p99"] = round(float(np.percentile(a, 99)), 1) if len(a) >= 100 else None
+    out["p99"] = round(float(np.percentile(a, 99)), 1) if len(a) >= P99_MIN_SAMPLES else None
     return out | {"max": round(float(a.max()), 1), "n": len(a)}
 
 

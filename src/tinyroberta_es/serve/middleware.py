@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
+API_PREFIX = "/v1/"  # the routes `ApiKey` guards
 
 
 def request_id_of(header: str | None) -> str:
@@ -45,14 +46,19 @@ def request_id_of(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error in the server's shape, ``{"error": code, "detail": detail}`` (schema.ErrorResponse)."""
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
 def internal_error(request_id: str) -> JSONResponse:
     """The 500 for a failure inside the server: a generic text that points at the log, nothing internal."""
-    return JSONResponse(
-        {
-            "error": "internal_error",
-            "detail": f"the server failed on this request; see the server log for request id {request_id}",
-        },
-        status_code=500,
+    return error_response(
+        500,
+        "internal_error",
+        f"the server failed on this request; see the server log for request id {request_id}",
     )
 
 
@@ -113,13 +119,12 @@ class RequestContext:
 class ApiKey:
     """401 ``unauthorized`` for ``/v1/*`` requests without ``Authorization: Bearer <key>``."""
 
-    def __init__(self, app: ASGIApp, key: str, prefix: str = "/v1/") -> None:
+    def __init__(self, app: ASGIApp, key: str) -> None:
         self.app = app
         self.key = key.encode()
-        self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
             await self.app(scope, receive, send)
             return
         scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
@@ -127,13 +132,11 @@ class ApiKey:
             await self.app(scope, receive, send)
             return
         why = "a wrong API key" if scheme.lower() == b"bearer" else "no API key"
-        response = JSONResponse(
-            {
-                "error": "unauthorized",
-                "detail": f"this server needs an API key and the request has {why}: "
-                "send the header 'Authorization: Bearer <key>'",
-            },
-            status_code=401,
+        response = error_response(
+            401,
+            "unauthorized",
+            f"this server needs an API key and the request has {why}: "
+            "send the header 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
