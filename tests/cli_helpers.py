@@ -1,8 +1,25 @@
-"""Helpers for tests that run the CLI in-process: run a command, check a one-line error."""
+"""Helpers for tests that run the CLI in-process: run a command, check a one-line error, read strict JSON."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from tinyroberta_es.cli import main
+
+
+def strict_loads(text: str, source: str = "the text") -> object:
+    """json.loads that refuses NaN, Infinity and -Infinity, as JavaScript's JSON.parse and jq do."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{source} holds {name}, which is not standard JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def read_strict_json(path: Path) -> object:
+    """The file at `path` parsed by strict_loads: NaN and Infinity raise, naming the file."""
+    return strict_loads(path.read_text(encoding="utf-8"), source=str(path))
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

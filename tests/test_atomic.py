@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import strict_loads
 from tinyroberta_es import atomic
-
-
-def strict_loads(text: str) -> object:
-    """json.loads that refuses NaN, Infinity and -Infinity, as JavaScript's JSON.parse does."""
-
-    def refuse(name: str) -> None:
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_write_json_is_standard_and_readable(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, read_strict_json, run_cli
 from tinyroberta_es.cli import main
 from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.evaluation import evaluate_predictions
@@ -141,7 +141,7 @@ def test_v2_na_probs_file_with_null_writes_standard_json(tmp_path: Path, capsys)
     out = tmp_path / "eval.json"
     argv = ["evaluate", "--dataset", str(dataset), "--predictions", str(preds), "--na-probs", str(na_probs)]
     assert main([*argv, "--normalization", "mlqa-es", "--output", str(out)]) == 0
-    report = strict_report(out)
+    report = read_strict_json(out)
     # q2 abstains at every threshold (+inf > 1.0): answerable, so 0; q1 right. Best: answer both, "" being
     # right for q2: 2 of 2 at +inf, written null
     assert (report["exact"], report["best_exact"], report["best_exact_thresh"]) == (50.0, 100.0, None)
@@ -256,11 +256,11 @@ def sample_dev() -> list[tuple[str, str]]:
 
 
 def evaluate_sample(capsys, tmp_path: Path, *flags: str) -> tuple[list[str], dict]:
-    """Run `evaluate --dataset sample_dev FLAGS --output ...`; return the stdout lines and the report."""
+    """Run `evaluate --dataset sample_dev FLAGS --output ...`; the stdout lines and the strict report."""
     out = tmp_path / "eval.json"
     status, stdout, err = run_cli(capsys, "evaluate", "--dataset", "sample_dev", *flags, "--output", str(out))
     assert status == 0, err
-    return stdout.splitlines(), json.loads(out.read_text(encoding="utf-8"))
+    return stdout.splitlines(), read_strict_json(out)
 
 
 def test_sample_intervals_and_identical_comparison(sample_dev, tmp_path: Path, capsys) -> None:
@@ -437,15 +437,6 @@ def fake_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, l
     return write_json(tmp_path / "dev-v2.json", data), seen
 
 
-def strict_report(path: Path) -> dict:
-    """The JSON file parsed as standard JSON: NaN and Infinity raise."""
-
-    def refuse(name: str) -> None:
-        raise ValueError(f"{path} holds {name}, which is not standard JSON")
-
-    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
-
-
 def best_over_thresholds(dataset, key: str, normalization: str) -> float:
     """The best score any null threshold gives, each scored independently from the model's answers."""
     diffs = sorted({diff for _, diff in MODEL_OUTPUT.values() if math.isfinite(diff)})
@@ -462,7 +453,7 @@ def test_model_v2_headline_is_the_models_own_decision(fake_model, tmp_path: Path
     status, stdout, err = run_cli(capsys, *argv, "--bootstrap", "0", "--output", str(out))
     assert status == 0, err
     assert seen == [2.0]
-    report = strict_report(out)  # the span-less example writes no Infinity
+    report = read_strict_json(out)  # the span-less example writes no Infinity
     dataset = load_dataset(str(dataset_path), bad_spans="keep")
     own = evaluate_predictions(dataset, own_answers(2.0), normalization="mlqa-es")
     assert (report["exact"], report["f1"]) == pytest.approx((own["exact"], own["f1"]))
@@ -508,7 +499,7 @@ def test_model_v2_default_null_threshold_and_official_threshold(fake_model, tmp_
     status, _, err = run_cli(capsys, *argv, "--na-prob-thresh", "0.5", "--output", str(out))
     assert status == 0, err
     assert seen == [0.0]  # no --null-threshold on v2 data: 0.0, as the run pipeline evaluates
-    report = strict_report(out)
+    report = read_strict_json(out)
     assert (report["null_threshold"], report["null_threshold_source"]) == (0.0, "default on v2 data")
     assert "--null-threshold 0.0, the default on v2 data" in report["headline"]
     assert "--na-prob-thresh 0.5" in report["headline"]
@@ -545,7 +536,7 @@ def test_model_v2_end_to_end_matches_predict_and_its_own_best_threshold(
 ) -> None:
     flags = ["--dataset", "sample_dev", "--max-length", "96", "--doc-stride", "32", "--bootstrap", "0"]
     model = ["--model", str(tiny_model)]
-    _, report = evaluate_sample_flags(capsys, tmp_path, *model, *flags[2:])
+    _, report = evaluate_sample(capsys, tmp_path, *model, *flags[2:])
     assert report["null_threshold"] == 0.0
     # the same answers as `predict` at the same threshold, scored as a file without --na-probs
     preds = tmp_path / "preds.json"
@@ -553,21 +544,11 @@ def test_model_v2_end_to_end_matches_predict_and_its_own_best_threshold(
         capsys, "predict", *model, *flags[:6], "--null-threshold", "0.0", "--output", str(preds)
     )
     assert status == 0, err
-    _, from_file = evaluate_sample_flags(capsys, tmp_path, "--predictions", str(preds), "--bootstrap", "0")
+    _, from_file = evaluate_sample(capsys, tmp_path, "--predictions", str(preds), "--bootstrap", "0")
     assert (report["exact"], report["f1"]) == (from_file["exact"], from_file["f1"])
     # the best null threshold, passed back, gives the best score it promised
     search = report["null_threshold_search"]
     threshold = search["best_f1_null_threshold"]
-    _, again = evaluate_sample_flags(
-        capsys, tmp_path, *model, *flags[2:], "--null-threshold", repr(threshold)
-    )
+    _, again = evaluate_sample(capsys, tmp_path, *model, *flags[2:], "--null-threshold", repr(threshold))
     assert again["f1"] == pytest.approx(search["best_f1"])
     assert again["null_threshold_search"] == search  # the search does not depend on the threshold used
-
-
-def evaluate_sample_flags(capsys, tmp_path: Path, *flags: str) -> tuple[list[str], dict]:
-    """`evaluate --dataset sample_dev FLAGS --output ...`, its stdout lines and its report parsed strictly."""
-    out = tmp_path / "eval.json"
-    status, stdout, err = run_cli(capsys, "evaluate", "--dataset", "sample_dev", *flags, "--output", str(out))
-    assert status == 0, err
-    return stdout.splitlines(), strict_report(out)

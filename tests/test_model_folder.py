@@ -89,7 +89,7 @@ def test_revision_reaches_every_loader_of_a_hub_id(fake_hub, tmp_path, monkeypat
     runner = make_runner("org/name", "pytorch", revision="v1.0")
     assert runner.params
     load_fast_tokenizer("org/name", revision="0123abc")
-    load_qa_model("org/name", revision="main")
+    load_qa_module("org/name", revision="main")
     asked = {(source, kwargs.get("revision")) for source, kwargs in fake_hub}
     assert {("org/name", "v1.0"), ("org/name", "0123abc"), ("org/name", "main")} <= asked
     assert all(kwargs.get("revision") for source, kwargs in fake_hub if source == "org/name")

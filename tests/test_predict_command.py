@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, read_strict_json, run_cli, strict_loads
 from tinyroberta_es.cli import main
 from tinyroberta_es.commands.predict import BACKEND_HELP
 from tinyroberta_es.data.loading import load_dataset
@@ -377,15 +377,6 @@ def test_bad_jsonl_line_is_a_one_line_predict_error(model_dir, tmp_path, capsys)
 # --- standard JSON out; --revision and missing model folders in every model command -------------------------
 
 
-def strict_json(text: str):
-    """json.loads that refuses NaN and Infinity, as JavaScript's JSON.parse and jq do."""
-
-    def refuse(constant: str):
-        raise ValueError(f"non-standard JSON constant {constant}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
 @pytest.fixture
 def one_spanless_prediction(monkeypatch):
     """Make the first prediction of every run one for which the model found no span (null_score_diff +inf)."""
@@ -407,8 +398,8 @@ def test_predict_writes_standard_json_when_a_question_has_no_span(
 ):
     dataset = three_forms["jsonl"]
     predict_file(capsys, tiny_qa_model_dir, dataset, tmp_path)
-    preds = strict_json((tmp_path / f"{dataset.name}.preds.json").read_text(encoding="utf-8"))
-    na_probs = strict_json((tmp_path / f"{dataset.name}.odds.json").read_text(encoding="utf-8"))
+    preds = read_strict_json(tmp_path / f"{dataset.name}.preds.json")
+    na_probs = read_strict_json(tmp_path / f"{dataset.name}.odds.json")
     first, *rest = list(na_probs)
     assert preds[first] == "" and na_probs[first] is None  # no span: null, not Infinity
     assert rest and all(isinstance(na_probs[qid], float) for qid in rest)
@@ -418,7 +409,7 @@ def test_answer_json_is_standard_when_there_is_no_span(model_dir, capsys, one_sp
     argv = ["--model", str(model_dir), "--question", "¿Dónde?", "--context", CONTEXT]
     status, out, err = run_cli(capsys, "answer", *argv, "--json")
     assert status == 0, err
-    result = strict_json(out)
+    result = strict_loads(out)
     assert (result["answer"], result["answers"], result["null_score_diff"]) == ("", [], None)
     status, out, _ = run_cli(capsys, "answer", *argv)
     assert status == 0 and "found no span" in out

@@ -218,16 +218,17 @@ def find_best_null_threshold(
     nan = [qid for qid in examples if math.isnan(null_score_diffs[qid])]
     if nan:
         raise ValueError(f"{len(nan)} null score differences are NaN ({first_ids(nan)})")
+    pairs = {}  # (exact, f1) of abstaining and of answering the span, per question, for both keys at once
+    for qid, ex in examples.items():
+        golds = [a.text for a in ex.answers]
+        pairs[qid] = (score_v2("", golds, normalize), score_v2(span_answers[qid], golds, normalize))
+    diffs = sorted({null_score_diffs[qid] for qid in examples if math.isfinite(null_score_diffs[qid])})
     result: dict[str, float | None] = {}
     for key, field in (("exact", 0), ("f1", 1)):
-        abstain = {
-            qid: score_v2("", [a.text for a in ex.answers], normalize)[field] for qid, ex in examples.items()
-        }
+        abstain = {qid: empty[field] for qid, (empty, _) in pairs.items()}
         gain = {  # what answering the span instead of "" adds
-            qid: score_v2(span_answers[qid], [a.text for a in ex.answers], normalize)[field] - abstain[qid]
-            for qid, ex in examples.items()
+            qid: span[field] - empty[field] for qid, (empty, span) in pairs.items()
         }
-        diffs = sorted({null_score_diffs[qid] for qid in examples if math.isfinite(null_score_diffs[qid])})
         if not diffs:
             result[f"best_{key}"] = 100.0 * sum(abstain.values()) / len(examples)
             result[f"best_{key}_null_threshold"] = None

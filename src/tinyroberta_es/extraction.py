@@ -264,19 +264,12 @@ def _decide(
     null_threshold: float | None,
 ) -> Prediction:
     """Make the no-answer decision for one example (its spans already carry their probabilities)."""
-    if not spans:
-        return Prediction(
-            id=example_id,
-            answers=[],
-            null_score_diff=math.inf,
-            is_null=True,
-            null_probability=null_probability,
-        )
-    diff = null_score - spans[0].score
+    diff = float(null_score - spans[0].score) if spans else math.inf  # no span: null at every threshold
+    is_null = not spans or (null_threshold is not None and diff > null_threshold)
     return Prediction(
         id=example_id,
         answers=spans,
-        null_score_diff=float(diff),
-        is_null=null_threshold is not None and diff > null_threshold,
+        null_score_diff=diff,
+        is_null=is_null,
         null_probability=null_probability,
     )

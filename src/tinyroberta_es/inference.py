@@ -149,11 +149,11 @@ class QuestionAnswerer:
                 "or a list of them"
             )
         examples = _examples(items, single)
-        predictions = self.predict(examples, top_k=top_k) if examples else []
+        predictions = self.predict(examples, top_k=top_k)
         results = [_pipeline_result(p, top_k) for p in predictions]
         return results[0] if single else results
 
-    def cost(self, example: Example | Mapping[str, Any]) -> tuple[int, int]:
+    def cost(self, example: Example) -> tuple[int, int]:
         """(windows, tokens) that `example` makes alone with this config: only tokenization, no model.
 
         Raises UserError for a request that cannot be answered: an empty question or context, or settings
@@ -162,16 +162,13 @@ class QuestionAnswerer:
         features = self.prepare(example)
         return len(features), int(features.lengths.sum())
 
-    def prepare(self, example: Example | Mapping[str, Any]) -> Features:
+    def prepare(self, example: Example) -> Features:
         """The windows of `example` alone (what `cost` counts), checked as `cost` checks them.
 
         The server tokenizes each question once, here, and later runs these windows, possibly spread over
         several model calls, and extracts the answer with ``extract([example], features, ...)``.
         """
-        if isinstance(example, Mapping):
-            [example] = _examples([example], single=True)
-        else:
-            _raise(_text_problems(example.question, example.context, ""))
+        _raise(_text_problems(example.question, example.context, ""))
         return self.features([example])
 
     def features(self, examples: Sequence[Example]) -> Features:

@@ -101,18 +101,16 @@ def load_fast_tokenizer(source: str, revision: str | None = None) -> object:
     return tokenizer
 
 
-def load_qa_model(
-    source: str | Path, *, revision: str | None = None, **model_kwargs: object
-) -> tuple[torch.nn.Module, object]:
+def load_qa_model(source: str | Path, **model_kwargs: object) -> tuple[torch.nn.Module, object]:
     """Load a question-answering model (eval mode) and its fast tokenizer from a local folder or a Hub id.
 
-    Only safetensors weights load. `revision` pins a Hub id. `model_kwargs` go to `from_pretrained`
+    Only safetensors weights load. `model_kwargs` go to `from_pretrained`
     (e.g. ``attn_implementation="eager"`` for ONNX export).
     """
-    source = model_source(source, revision)
-    _check_qa_config(source, revision)
-    tokenizer = load_fast_tokenizer(source, revision)
-    return _load_module(source, revision, model_kwargs), tokenizer
+    source = model_source(source)
+    _check_qa_config(source)
+    tokenizer = load_fast_tokenizer(source)
+    return _load_module(source, None, model_kwargs), tokenizer
 
 
 def load_qa_module(

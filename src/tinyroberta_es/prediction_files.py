@@ -13,8 +13,8 @@ from pathlib import Path
 from tinyroberta_es.errors import UserError
 
 
-def first_ids(ids: Iterable[str], n: int = 5) -> str:
-    """The first `n` ids, quoted, and how many more: for error messages."""
+def first_ids(ids: Iterable[object], n: int = 5) -> str:
+    """The first `n` ids (question ids, or item indices), as repr, and how many more: for error messages."""
     ids = list(ids)
     shown = ", ".join(repr(i) for i in ids[:n])
     return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
@@ -96,8 +96,9 @@ def read_na_probs(path: str | Path) -> dict[str, float]:
     """Read a no-answer probability file: a JSON object from question id to a number, in file order.
 
     The order is kept because it breaks ties in the best-threshold search, as in the official v2.0 script.
-    JSON null, which standard JSON writers (`predict --na-probs-output`) give a question whose model found
-    no span at all, reads as +inf: no answer at every threshold.
+    JSON null reads as +inf: no answer at every threshold. Standard JSON writers give null for an infinite
+    score, as `predict --null-odds-output` does for a question whose model found no span at all
+    (`--na-probs-output` holds probabilities, always finite).
     """
     expected = '{"question id": number or null, ...} (higher means more likely unanswerable)'
     pairs = _read_pairs(path, "no-answer probabilities", expected)

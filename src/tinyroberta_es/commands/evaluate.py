@@ -216,18 +216,16 @@ def _standard_totals(totals: dict) -> dict:
 
 
 def _null_search_record(search: dict, args: argparse.Namespace, questions: int) -> dict:
-    """The `null_threshold_search` block of the report: the best thresholds, labelled as found on this set."""
-    from tinyroberta_es import atomic
+    """The `null_threshold_search` block of the report: the best thresholds, labelled as found on this set.
 
+    find_best_null_threshold gives finite thresholds or None, so the search goes in as it is.
+    """
     return {
         "searched_on": args.dataset,
         "questions": questions,
         "note": "searched on the questions it scores, so its best scores are optimistic; "
         "pass the threshold as --null-threshold on other data",
-        **{
-            key: atomic.finite_or_none(value) if key.endswith("_threshold") else value
-            for key, value in search.items()
-        },
+        **search,
     }
 
 

@@ -79,7 +79,7 @@ def make_runner(
     """
     if backend not in CHOICES:
         raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(CHOICES)}")
-    local_or_hub(model_dir, revision)  # a missing local path or a revision of a local folder: UserError
-    if backend == "auto":
+    if backend == "auto":  # choose_runner takes no revision: check the path here (make_concrete_runner does)
+        local_or_hub(model_dir, revision)  # a missing local path or a revision of a local folder: UserError
         return choose_runner(model_dir, device=device, threads=threads)
     return make_concrete_runner(model_dir, backend, device=device, threads=threads, revision=revision)
