@@ -40,7 +40,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from tinyroberta_es import atomic
     from tinyroberta_es.recipe import load_recipe
-    from tinyroberta_es.report import gradient_shares
+    from tinyroberta_es.report_plots import gradient_shares
 
     recipe = load_recipe(RECIPE)
     run = ROOT / recipe.output

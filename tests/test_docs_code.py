@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tinyroberta_es import __version__
+from tinyroberta_es import __version__, summary
 from tinyroberta_es.card import model_card
 from tinyroberta_es.card_usage import CONTEXT, QUESTION, TRANSFORMERS_SNIPPET
 from tinyroberta_es.cli import main
@@ -178,14 +178,8 @@ def card_summary(folder: Path, export: dict[str, Any] | None = None) -> dict[str
 
 
 def export_entry(folder: Path) -> dict[str, Any]:
-    """The summary's `export` of a model folder, from its parity report (as build_summary reads it)."""
-    parity = json.loads((folder / "onnx" / "parity.json").read_text(encoding="utf-8"))
-    return {
-        "folder": str(folder / "onnx"),
-        "rejected": parity.get("rejected", []),
-        "max_f1_drop": parity["max_f1_drop"],
-        "variants": parity["variants"],
-    }
+    """The summary's `export` of a model folder, as build_summary reads it from the parity report."""
+    return summary.export_entry(folder / "onnx" / "parity.json", per_channel=True)
 
 
 @pytest.fixture(scope="module", params=TOKENIZER_KINDS + REAL_TOKENIZERS)

@@ -248,18 +248,23 @@ def test_no_optimize_keeps_the_plain_graph_and_per_tensor_int8_is_an_opt_out(tmp
     assert scales and set(scales.values()) == {1}
 
 
+def change_row(monkeypatch, backend: str, **changes) -> None:
+    """`parity.check`, but with `changes` in `backend`'s row: a backend made to fail the check."""
+    real = parity.check
+
+    def check(ref, runner):
+        row = real(ref, runner)
+        return row | changes if runner.name == backend else row
+
+    monkeypatch.setattr(parity, "check", check)
+
+
 def test_a_variant_over_the_f1_budget_fails_and_is_not_published(tmp_path, sample, capsys, monkeypatch):
     model_dir = tiny_model(tmp_path, "bpe", sample)
     stale = model_dir / "onnx" / "model.int8.onnx"  # from an earlier export: must not survive a failed one
     stale.parent.mkdir()
     stale.write_bytes(b"old")
-    real = parity.check
-
-    def worse_int8(ref, runner):
-        row = real(ref, runner)
-        return row | {"f1_drop": 2.5} if runner.name == "onnx-int8" else row
-
-    monkeypatch.setattr(parity, "check", worse_int8)
+    change_row(monkeypatch, "onnx-int8", f1_drop=2.5)
     argv = [
         "export",
         "--model",
@@ -299,7 +304,8 @@ def test_weights_gathered_copied_and_renamed_stay_with_their_graph(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from tinyroberta_es.onnx_files import copy_onnx, data_file, gather_external_data, publish_onnx
+    from tinyroberta_es.onnx_files import copy_onnx, gather_external_data, publish_onnx
+    from tinyroberta_es.runtimes.ort import data_file
 
     weight = np.arange(512, dtype=np.float32)  # 2 KiB: goes outside (1 KiB and more)
     node = onnx.helper.make_node("Add", ["x", "w"], ["y"])
@@ -339,7 +345,8 @@ def test_weights_gathered_copied_and_renamed_stay_with_their_graph(tmp_path):
 def test_large_graphs_keep_their_weights_beside_them_through_every_step(
     tmp_path, sample, capsys, monkeypatch
 ):
-    """`external_data_threshold=0` makes the tiny model 'large': the path of a teacher past 2 GB."""
+    """`EXTERNAL_DATA_BYTES = 0` makes the tiny model 'large': the path of a teacher past 2 GB."""
+    from tinyroberta_es import onnx_export
     from tinyroberta_es.runtimes import onnx_runner
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # a cached real dev set for --dev auto
@@ -359,8 +366,8 @@ def test_large_graphs_keep_their_weights_beside_them_through_every_step(
         formats=("onnx", "openvino") if HAS_OPENVINO else ("onnx",),
         calibration_size=8,
         int8_method="plain",
-        external_data_threshold=0,
     )
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
     report = export_model(config)
     # the whole cached set, not the sample
     assert report["dev"] == "mlqa_es_dev" and report["questions"] == 20
@@ -381,13 +388,7 @@ def test_large_graphs_keep_their_weights_beside_them_through_every_step(
     assert status == 0 and answer.startswith("1. ")
 
     # Exported again, int8 gives PyTorch's answer too rarely: rejected, its weights renamed with it.
-    real = parity.check
-
-    def fewer_same(ref, runner):
-        row = real(ref, runner)
-        return row | {"same_answers": 0.5} if runner.name == "onnx-int8" else row
-
-    monkeypatch.setattr(parity, "check", fewer_same)
+    change_row(monkeypatch, "onnx-int8", same_answers=0.5)
     with pytest.raises(UserError) as info:
         export_model(config)
     assert (
@@ -558,13 +559,7 @@ def test_a_rejected_openvino_int8_is_kept_aside_and_a_stale_one_removed(
     folder.mkdir()
     for stale in ("model.int8.xml", "model.int8.bin"):  # from an earlier export: must not survive this one
         (folder / stale).write_bytes(b"old")
-    real = parity.check
-
-    def worse_int8(ref, runner):
-        row = real(ref, runner)
-        return row | {"f1_drop": 2.5} if runner.name == "openvino-int8" else row
-
-    monkeypatch.setattr(parity, "check", worse_int8)
+    change_row(monkeypatch, "openvino-int8", f1_drop=2.5)
     argv = [
         "export",
         "--model",

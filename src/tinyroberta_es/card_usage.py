@@ -10,6 +10,8 @@ import json
 import shlex
 from typing import Any
 
+from tinyroberta_es.parity_rows import failure_reason
+
 QUESTION, CONTEXT = "¿Dónde nació Frida Kahlo?", "Frida Kahlo nació en Coyoacán, Ciudad de México, en 1907."
 # "How to use" in Python ({repo}, {question}, {context}: Python string literals).
 TOOLKIT_SNIPPET = """from tinyroberta_es import QuestionAnswerer
@@ -55,10 +57,7 @@ def exported_backends(model: dict[str, Any]) -> list[str]:
     return [
         b
         for b, row in export.get("variants", {}).items()
-        if engine_of(b) != "torch"
-        and b not in rejected
-        and row.get("passed") is not False
-        and (budget is None or row.get("f1_drop", 0.0) <= budget)
+        if engine_of(b) != "torch" and failure_reason(row, budget, b in rejected) is None
     ]
 
 

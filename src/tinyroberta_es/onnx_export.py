@@ -20,7 +20,7 @@ The steps, each chosen because the alternative measurably failed on this project
    too, which need no file of their own); a variant that loses more than `max_f1_drop` F1, or gives fewer
    identical answers than `min_identical`, fails the export and is kept only as `*.rejected.*`.
 
-A model whose fp32 weights exceed `external_data_threshold` bytes (protobuf caps a file at 2 GiB; a 24-layer
+A model whose fp32 weights exceed `EXTERNAL_DATA_BYTES` (protobuf caps a file at 2 GiB; a 24-layer
 teacher passes it) gets ONNX graphs with their weights in a file beside each, `model.onnx` and
 `model.onnx.data`, which ONNX Runtime finds by that name; the two move, and are rejected, together.
 
@@ -41,17 +41,16 @@ from typing import Any
 import torch
 
 from tinyroberta_es import atomic, openvino_export, parity
+from tinyroberta_es.data.loading import load_dataset
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.inference import InferenceConfig
 from tinyroberta_es.onnx_files import (
     copy_onnx,
     copy_tokenizer_files,
-    data_file,
     gather_external_data,
     publish,
     publish_onnx,
     set_metadata,
-    versions,
 )
 from tinyroberta_es.onnx_graph import fuse, quantize_int8, torchscript_export
 from tinyroberta_es.runtimes import (
@@ -68,7 +67,8 @@ from tinyroberta_es.runtimes import (
     ov_runner,
     torch_runner,
 )
-from tinyroberta_es.runtimes.ov import compiled_runner
+from tinyroberta_es.runtimes.ort import data_file
+from tinyroberta_es.runtimes.ov import compiled_runner, ir_files
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ QUANTIZATIONS = ("int8",)
 FORMATS = ("onnx", "openvino")
 FILE_OWNERS = ("onnx", "onnx-int8", "openvino", "openvino-int8")  # the backends an export writes files for
 INT8_METHODS = ("auto", "plain", "accuracy-aware")  # OpenVINO int8; auto: accuracy-aware when plain misses
-# protobuf caps a serialised model at 2 GiB; the margin covers the graph itself and constant tensors
+# protobuf caps a serialised model at 2 GiB; the margin covers the graph itself and constant tensors. Larger
+# fp32 weights: ONNX weights in <file>.data.
 EXTERNAL_DATA_BYTES = 2**31 - 2**27
 
 
@@ -97,7 +98,6 @@ class ExportConfig:
     max_f1_drop: float = 1.0  # a variant that loses more F1 (points) than this fails the export
     # a variant with a smaller share of answers identical to PyTorch fp32's fails; None: parity.MIN_IDENTICAL
     min_identical: float | None = None
-    external_data_threshold: int = EXTERNAL_DATA_BYTES  # larger fp32 weights: ONNX weights in <file>.data
     formats: tuple[str, ...] = ("onnx",)  # onnx, openvino: what to write
     calibration: str | None = (
         None  # OpenVINO int8 calibration set; default: --dev (questions it does not check)
@@ -165,10 +165,13 @@ def export_model(config: ExportConfig, strict: bool = True) -> dict[str, Any]:
     except OSError as err:
         raise UserError(f"cannot create --output {out} ({err.strerror or err}): check the path") from None
     params = sum(p.numel() for p in model.parameters())
-    external = 4 * params > config.external_data_threshold  # fp32 bytes of the weights
+    external = 4 * params > EXTERNAL_DATA_BYTES  # fp32 bytes of the weights
     choice = parity.choose_dev(config.dev, config.model, config.dev_limit)
     log.info("parity questions: %s", choice.reason)
-    dev, inference = parity.questions(choice, config.max_length, config.doc_stride, config.max_f1_drop)
+    dev_set = load_dataset(choice.source, bad_spans="keep")  # read once: parity's questions, calibration's
+    dev, inference = parity.questions(
+        choice, config.max_length, config.doc_stride, config.max_f1_drop, data=dev_set
+    )
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp_name:
         tmp = Path(tmp_name)
         input_names = torchscript_export(model, tokenizer, tmp / "raw.onnx", config.opset)
@@ -186,7 +189,7 @@ def export_model(config: ExportConfig, strict: bool = True) -> dict[str, Any]:
             fused_ops = _onnx_variants(config, model_config, tmp, files, params, external)
         if "openvino" in config.formats:
             int8 = _openvino_variants(
-                config, choice, tokenizer, inference, ref, input_names, tmp, files, params, rows
+                config, choice, dev_set, tokenizer, inference, ref, input_names, tmp, files, params, rows
             )
         for backend, path in files.items():
             if backend not in rows:
@@ -237,6 +240,23 @@ def export_model(config: ExportConfig, strict: bool = True) -> dict[str, Any]:
     return report
 
 
+def versions() -> dict[str, str]:
+    """Versions of the libraries that made the export."""
+    import onnx
+    import onnxruntime
+    import transformers
+
+    from tinyroberta_es import __version__
+
+    return {
+        "tinyroberta_es_version": __version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "onnx_version": onnx.__version__,
+        "onnxruntime_version": onnxruntime.__version__,
+    }
+
+
 def _publish_files(
     files: dict[str, Path], rejected: list[str], out: Path, rows: dict[str, dict[str, Any]]
 ) -> None:
@@ -256,11 +276,11 @@ def _publish_files(
         if onnx:
             publish_onnx(path, out / name)
         else:
-            for file in openvino_export.ir_files(path):
+            for file in ir_files(path):
                 publish(file, out / f"{Path(name).stem}{file.suffix}")
         if name != path.name:  # a stale file of an earlier export must not run
             stale = out / path.name
-            for file in [stale, data_file(stale)] if onnx else openvino_export.ir_files(stale):
+            for file in [stale, data_file(stale)] if onnx else ir_files(stale):
                 file.unlink(missing_ok=True)
         for backend in backends:
             rows[backend]["file"] = name
@@ -301,6 +321,7 @@ def _onnx_variants(
 def _openvino_variants(
     config: ExportConfig,
     dev: parity.DevChoice,
+    dev_set: Any,
     tokenizer: Any,
     inference: InferenceConfig,
     ref: parity.ParitySet,
@@ -323,6 +344,7 @@ def _openvino_variants(
     windows, questions, calibration = openvino_export.calibration_set(
         config.calibration,
         dev,
+        dev_set,
         tokenizer,
         inference,
         input_names,

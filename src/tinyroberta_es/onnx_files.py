@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tinyroberta_es import atomic
+from tinyroberta_es.runtimes.ort import data_file
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,6 @@ def gather_external_data(graph: Path) -> None:
     onnx.save(model, str(graph))
 
 
-def data_file(graph: Path) -> Path:
-    """Where `export` keeps the external weights of an ONNX graph: `<file>.data` beside it."""
-    return graph.with_name(f"{graph.name}.data")
-
-
 def remove_data_file(graph: Path) -> None:
     data_file(graph).unlink(missing_ok=True)
 
@@ -140,20 +134,3 @@ def copy_tokenizer_files(model_dir: Path, out: Path) -> None:
         if (model_dir / name).is_file():
             with atomic.atomic_path(out / name) as tmp:
                 shutil.copyfile(model_dir / name, tmp)
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries that made the export."""
-    import onnx
-    import onnxruntime
-    import transformers
-
-    from tinyroberta_es import __version__
-
-    return {
-        "tinyroberta_es_version": __version__,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "onnx_version": onnx.__version__,
-        "onnxruntime_version": onnxruntime.__version__,
-    }

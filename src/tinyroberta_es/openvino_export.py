@@ -55,6 +55,7 @@ def convert(onnx_file: Path, xml: Path, params: int) -> None:
 def calibration_set(
     calibration: str | None,
     dev: Any,
+    dev_set: Any,
     tokenizer: Any,
     inference: Any,
     input_names: Sequence[str],
@@ -66,12 +67,13 @@ def calibration_set(
 
     One window per question (its first, unpadded), from `size` questions in a fixed random order; a set with
     fewer questions gives fewer windows. From `calibration` (default: the parity check's `dev`, a
-    `parity.DevChoice`). Taken from the dev set, they are the questions after the ones the parity check uses
-    when there are any, so the check scores questions the calibration did not see.
+    `parity.DevChoice`, whose whole set `dev_set` holds, loaded already). Taken from the dev set, they are the
+    questions after the ones the parity check uses when there are any, so the check scores questions the
+    calibration did not see.
     """
     name = calibration or dev.name
     from_dev = name in (dev.name, dev.source)
-    data = load_dataset(dev.source if from_dev else name, bad_spans="keep")
+    data = dev_set if from_dev else load_dataset(name, bad_spans="keep")
     examples = list(data.examples)
     overlaps = False
     if from_dev:
@@ -193,8 +195,3 @@ def _count_float_matmuls(model: Any) -> int:
         sources = [op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())]
         count += op.get_type_name() == "MatMul" and "FakeQuantize" not in sources
     return count
-
-
-def ir_files(xml: Path) -> list[Path]:
-    """The two files of an IR: the graph and its weights."""
-    return [xml, xml.with_suffix(".bin")]

@@ -109,10 +109,11 @@ def choose_dev(dev: str, model: str | Path, dev_limit: int | None = None) -> Dev
 
 
 def questions(
-    choice: DevChoice, max_length: int, doc_stride: int, max_f1_drop: float
+    choice: DevChoice, max_length: int, doc_stride: int, max_f1_drop: float, data: Any = None
 ) -> tuple[Any, InferenceConfig]:
-    """The questions of `choice` (cut to its limit) and the window settings they are read with."""
-    dev = load_dataset(choice.source, bad_spans="keep")
+    """The questions of `choice` (cut to its limit) and the window settings they are read with; `data`: the
+    set `choice` names, when the caller has loaded it already."""
+    dev = load_dataset(choice.source, bad_spans="keep") if data is None else data
     dev = dataclasses.replace(dev, examples=dev.examples[: choice.limit])
     if not dev.examples:
         raise UserError(f"--dev {choice.name} has no questions for the parity check: pick another dataset")
@@ -335,12 +336,6 @@ def judge(report: dict[str, Any], max_f1_drop: float, min_identical: float | Non
         else:
             row.pop("failed", None)
     return failed
-
-
-def over_budget(report: dict[str, Any], max_f1_drop: float, min_identical: float | None = None) -> list[str]:
-    """The backends of a parity report that lose more than `max_f1_drop` F1 points or give too few of the
-    reference's answers (`min_identical`; None: `MIN_IDENTICAL` per precision)."""
-    return [b for b, row in report["variants"].items() if failures(b, row, max_f1_drop, min_identical)]
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -4,14 +4,14 @@ skip it with that reason.
 A teacher that is not exported runs on the PyTorch backends (and `auto`) only (`backends_of`). A backend is
 unavailable when its export is missing, or when it failed the export's parity check (`onnx/parity.json`):
 rejected (its files renamed *.rejected.*), over the F1 budget, or never checked (a bf16 backend on a CPU
-without bf16). `parity_failures` puts a failed parity row in words.
+without bf16); `parity_rows.failure_reason` is that rule and puts a failed row in words.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from tinyroberta_es.parity_rows import failure_reason
 from tinyroberta_es.recipe import Recipe
 
 
@@ -44,17 +44,8 @@ def unavailable(folder: str, backend: str) -> str | None:
             f"{export_command(folder, backend)}"
         )
     rejected = backend in report.get("rejected", [])
-    if rejected or row.get("passed") is False or row.get("f1_drop", 0.0) > budget:
+    reason = failure_reason(row, budget, rejected)
+    if reason is not None:
         what = "rejected by" if rejected else "failed"
-        return (
-            f"{what} the export's parity check on {report['dev']} ({parity_failures(row, budget)}); "
-            f"see {parity}"
-        )
+        return f"{what} the export's parity check on {report['dev']} ({reason}); see {parity}"
     return missing_export(folder, backend)
-
-
-def parity_failures(row: dict[str, Any], budget: float) -> str:
-    """Why a parity row failed, in words: its recorded reasons, else the F1 it loses against the budget."""
-    if row.get("failed"):
-        return "; ".join(row["failed"])
-    return f"loses {row.get('f1_drop', 0.0):.2f} F1, budget {budget:.2f}"

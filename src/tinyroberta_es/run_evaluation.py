@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_models(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Every model x backend x dataset: predictions and EM/F1, one file each (kept when already there)."""
-    rows, skipped = [], []
+    rows, question_f1, skipped = [], [], []
     for name, folder in recipe.models().items():
         for backend in backends_of(recipe, name):
             reason = unavailable(folder, backend)
@@ -35,37 +35,32 @@ def evaluate_models(recipe: Recipe, out: Path) -> dict[str, Any]:
                 skipped.append({"model": name, "backend": backend, "reason": reason})
                 continue
             for dataset in recipe.evaluate.datasets:
-                rows.append(_evaluate_one(recipe, name, folder, backend, dataset, out))
-    _pair_with_teacher(rows, out)
+                row, f1 = _evaluate_one(recipe, name, folder, backend, dataset, out)
+                rows.append(row)
+                question_f1.append(f1)
+    _pair_with_teacher(rows, question_f1)
     baselines = [_no_answer_baseline(recipe, dataset) for dataset in recipe.evaluate.datasets]
     return {"rows": rows, "skipped": skipped, "baselines": [b for b in baselines if b]}
 
 
-def _pair_with_teacher(rows: list[dict[str, Any]], out: Path) -> None:
+def _pair_with_teacher(rows: list[dict[str, Any]], question_f1: list[dict[str, list[float]] | None]) -> None:
     """Each student row gains `vs_teacher`: its F1 minus the teacher's (pytorch, same set), per
-    normalisation, with a paired bootstrap interval over the questions both answered."""
-    import json
-
+    normalisation, with a paired bootstrap interval over the questions both answered. `question_f1`: each
+    row's per-question F1 by normalisation, as `_evaluate_one` returns it."""
     from tinyroberta_es.bootstrap import paired_difference
 
-    def question_f1(row: dict[str, Any]) -> dict[str, list[float]] | None:
-        backend = row.get("backend_requested", row["backend"])  # auto rows are saved under "auto"
-        path = out / f"{row['model']}.{backend}.{_slug(row['dataset'])}.json"
-        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        return saved.get("question_f1")
-
-    for row in rows:
+    for row, mine in zip(rows, question_f1, strict=True):
         teacher = next(
             (
-                r
-                for r in rows
+                i
+                for i, r in enumerate(rows)
                 if (r["model"], r["backend"], r["dataset"]) == ("teacher", "pytorch", row["dataset"])
             ),
             None,
         )
         if row["model"] == "teacher" or teacher is None:
             continue
-        mine, theirs = question_f1(row), question_f1(teacher)
+        theirs = question_f1[teacher]
         if not mine or not theirs:
             continue  # an evaluation kept from before per-question scores were saved
         row["vs_teacher"] = {
@@ -93,7 +88,11 @@ def _no_answer_baseline(recipe: Recipe, dataset: str) -> dict[str, Any] | None:
     }
 
 
-def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset: str, out: Path) -> dict:
+def _evaluate_one(
+    recipe: Recipe, name: str, folder: str, backend: str, dataset: str, out: Path
+) -> tuple[dict[str, Any], dict[str, list[float]] | None]:
+    """The row of `name` on `backend` and `dataset`, and its per-question F1 by normalisation (None in a
+    file kept from before those were saved); computed and saved, or kept from an up-to-date file."""
     import json
 
     from tinyroberta_es.bootstrap import confidence_interval
@@ -108,7 +107,7 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("settings") == settings and saved.get("model_mtime") == _mtime(folder, backend):
             log.info("evaluation of %s on %s with %s: done before; kept", name, dataset, backend)
-            return saved["row"]
+            return saved["row"], saved.get("question_f1")
     data = load_dataset(dataset, bad_spans="keep")
     examples = data.examples[: e.limit]
     data = dataclasses.replace(data, examples=examples)
@@ -153,13 +152,14 @@ def _evaluate_one(recipe: Recipe, name: str, folder: str, backend: str, dataset:
         "question_f1": question_f1,  # per question, dataset order: paired comparisons read these
     }
     atomic.write_json(path, saved)
-    return row
+    return row, question_f1
 
 
 def _mtime(folder: str, backend: str) -> float | None:
     """When the files a backend reads were written (an IR's .xml and .bin): a newer model or export makes
     an old evaluation stale. For auto: every file it chooses among, and the parity report it chooses by."""
     from tinyroberta_es.runtimes import BACKENDS, ONNX_DIR, engine_of, ir_path, onnx_path
+    from tinyroberta_es.runtimes.ov import ir_files
 
     root, backends = Path(folder).expanduser(), list(BACKENDS) if backend == "auto" else [backend]
     files = list(root.glob("*.safetensors")) if any(engine_of(b) == "torch" for b in backends) else []
@@ -167,7 +167,7 @@ def _mtime(folder: str, backend: str) -> float | None:
         if engine_of(b) == "ort":
             files.append(onnx_path(folder, b))
         elif engine_of(b) == "ov":
-            files += [ir_path(folder, b), ir_path(folder, b).with_suffix(".bin")]
+            files += ir_files(ir_path(folder, b))
     if backend == "auto":
         files.append(root / ONNX_DIR / "parity.json")
     return max((p.stat().st_mtime for p in files if p.is_file()), default=None)

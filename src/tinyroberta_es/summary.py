@@ -50,16 +50,7 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
         parity = Path(folder) / "onnx" / "parity.json"
         export = None
         if (name != "teacher" or recipe.export.teacher) and parity.is_file():
-            p = json.loads(parity.read_text(encoding="utf-8"))
-            export = {
-                "folder": str(parity.parent),
-                "dev": p["dev"],
-                "per_channel": recipe.export.per_channel,
-                "rejected": p.get("rejected", []),
-                "max_f1_drop": p["max_f1_drop"],
-                "variants": p["variants"],
-                "int8": p.get("int8") or {},  # how OpenVINO int8 was calibrated
-            }
+            export = export_entry(parity, recipe.export.per_channel)
         source = recipe.finetune.model if name == "teacher" and recipe.finetune else recipe.teacher
         entries.append(
             {
@@ -93,6 +84,20 @@ def build_summary(recipe: Recipe, out: Path, command: str) -> dict[str, Any]:
         "bench": bench,
         "skipped": evaluation["skipped"],
         "stages": _stage_times(records),
+    }
+
+
+def export_entry(parity_file: Path, per_channel: bool) -> dict[str, Any]:
+    """A model's `export` in the summary, from its export's parity report (`<folder>/onnx/parity.json`)."""
+    p = json.loads(parity_file.read_text(encoding="utf-8"))
+    return {
+        "folder": str(parity_file.parent),
+        "dev": p["dev"],
+        "per_channel": per_channel,
+        "rejected": p.get("rejected", []),
+        "max_f1_drop": p["max_f1_drop"],
+        "variants": p["variants"],
+        "int8": p.get("int8") or {},  # how OpenVINO int8 was calibrated
     }
 
 

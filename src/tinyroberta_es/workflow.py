@@ -34,9 +34,9 @@ from typing import Any
 from tinyroberta_es import atomic
 from tinyroberta_es.config import to_dict, to_yaml
 from tinyroberta_es.errors import UserError
+from tinyroberta_es.parity_rows import failure_reason
 from tinyroberta_es.recipe import Recipe
 from tinyroberta_es.recipe_checks import check_recipe, distill_order
-from tinyroberta_es.run_backends import parity_failures
 from tinyroberta_es.run_benchmarks import bench_models
 from tinyroberta_es.run_evaluation import evaluate_models
 from tinyroberta_es.stages import Stage, StageRecords
@@ -235,13 +235,13 @@ def export_folder(recipe: Recipe, folder: str) -> dict[str, Any]:
     )
     report = export_model(config, strict=False)
     failed = [b for b, row in report["variants"].items() if row.get("passed") is False]
-    for backend in dict.fromkeys([*report["rejected"], *failed]):
+    for backend in failed:  # every rejected backend too: `parity.judge` marked it not passed
         log.warning(
             "%s: %s failed the parity check on %s (%s): %sleft out of the run",
             folder,
             backend,
-            report.get("dev", config.dev),
-            parity_failures(report["variants"][backend], e.max_f1_drop),
+            report["dev"],
+            failure_reason(report["variants"][backend], e.max_f1_drop),
             "kept as *.rejected.* and " if backend in report["rejected"] else "",
         )
     return {"folder": str(config.output_dir), "formats": list(config.formats), "rejected": report["rejected"]}

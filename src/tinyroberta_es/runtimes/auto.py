@@ -19,6 +19,7 @@ import numpy as np
 
 from tinyroberta_es.errors import UserError
 from tinyroberta_es.model_folder import first_line
+from tinyroberta_es.parity_rows import failure_reason
 from tinyroberta_es.runtimes.ort import ONNX_DIR
 from tinyroberta_es.runtimes.registry import BACKENDS, make_concrete_runner, missing_files
 from tinyroberta_es.runtimes.runner import Runner
@@ -45,9 +46,9 @@ def parity_verdict(model_dir: str | Path, backend: str) -> tuple[bool, str]:
         return False, f"not in the parity report {report_path}"
     drop, budget = row["f1_drop"], report["max_f1_drop"]
     verdict = f"{0.0 - drop:+.2f} F1 on {report['questions']} {report['dev']} questions (budget {budget:g})"
-    if row.get("passed") is False:  # over a budget the row records: F1, or the share of identical answers
-        return False, "; ".join(row.get("failed", [])) or verdict
-    return drop <= budget, verdict
+    if failure_reason(row, budget) is None:
+        return True, verdict
+    return False, "; ".join(row.get("failed", [])) or verdict  # the budgets the row records, else the F1
 
 
 def choose_runner(

@@ -32,6 +32,12 @@ def onnx_path(source: str | Path, backend: str) -> Path:
     return folder / ONNX_DIR / file
 
 
+def data_file(graph: Path) -> Path:
+    """Where `export` keeps the external weights of an ONNX graph, and ONNX Runtime finds them: `<file>.data`
+    beside it."""
+    return graph.with_name(f"{graph.name}.data")
+
+
 def _existing_onnx_path(source: str, backend: str) -> Path:
     path = onnx_path(source, backend)
     if not path.is_file():
@@ -78,7 +84,7 @@ def onnx_runner(
     input_names = tuple(i.name for i in session.get_inputs())
     metadata = session.get_modelmeta().custom_metadata_map
     path = Path(path)
-    external = sum(f.stat().st_size for f in path.parent.glob(f"{path.name}.data"))
+    external = data_file(path).stat().st_size if data_file(path).is_file() else 0
 
     def forward(inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         feed = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in inputs.items()}

@@ -54,6 +54,11 @@ def ir_path(source: str | Path, backend: str) -> Path:
     return folder / ONNX_DIR / file
 
 
+def ir_files(xml: Path) -> list[Path]:
+    """The two files of an IR: the graph and its weights."""
+    return [xml, xml.with_suffix(".bin")]
+
+
 def has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin can run bf16 arithmetic on this CPU (AVX-512-BF16 or AMX)."""
     core = import_openvino().Core()
@@ -97,7 +102,7 @@ def ov_runner(path: str | Path, *, name: str, precision: str, threads: int | Non
         input_names=tuple(i.get_any_name() for i in model.inputs),
         forward=forward,
         params=_params(model),
-        weights_bytes=path.stat().st_size + path.with_suffix(".bin").stat().st_size,
+        weights_bytes=sum(file.stat().st_size for file in ir_files(path)),
         matmul_dtypes=groups,
     )
 
